@@ -1,1 +1,8 @@
-//! callguard
+//! callguard: privacy gateway for call recordings. Start with ARCHITECTURE.md.
+//! Modules are listed in reading order; each module's `//!` says what it owns.
+#![forbid(unsafe_code)]
+#![deny(clippy::unwrap_used)]
+
+pub mod clock;
+pub mod config;
+pub mod vault;

@@ -1,0 +1,260 @@
+//! The encrypted store: one blob file per recording under `data_dir/vault/`, each sealed with
+//! its own data key in the chunked format of `format` (docs/vault-format.md). Owns key material
+//! (`keys`), the sans-I/O format (`format`), blob files and their crash-safe write path
+//! (`store`), and the recovery scan. Knows nothing of SQLite, HTTP or the config file format:
+//! the catalog keeps the wrapped keys, the vault keeps the ciphertext.
+
+pub mod format;
+pub mod keys;
+pub mod store;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use crate::vault::format::FormatError;
+use crate::vault::keys::KeyError;
+
+/// Identifier of a blob (and of the recording it holds): a UUIDv7, shown as 32 hex digits.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BlobId([u8; 16]);
+
+impl BlobId {
+    /// A new time-ordered identifier.
+    pub fn generate() -> BlobId {
+        BlobId(*uuid::Uuid::now_v7().as_bytes())
+    }
+
+    /// Parses exactly 32 lowercase hex digits; anything else (a path, a shorter string) is `None`.
+    pub fn parse(text: &str) -> Option<BlobId> {
+        if text.len() != 32
+            || !text
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            return None;
+        }
+        let mut bytes = [0u8; 16];
+        hex::decode_to_slice(text, &mut bytes).ok()?;
+        Some(BlobId(bytes))
+    }
+
+    pub fn from_bytes(bytes: [u8; 16]) -> BlobId {
+        BlobId(bytes)
+    }
+
+    pub fn as_bytes(&self) -> &[u8; 16] {
+        &self.0
+    }
+}
+
+impl fmt::Display for BlobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for BlobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "BlobId({self})")
+    }
+}
+
+/// Why the vault refused to read or write.
+#[derive(Debug, thiserror::Error)]
+pub enum VaultError {
+    #[error("cannot write {}: {source}", .path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read {}: {source}", .path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("blob {id} is missing")]
+    Missing { id: BlobId },
+    #[error("blob {id}: {source}")]
+    Format {
+        id: BlobId,
+        #[source]
+        source: FormatError,
+    },
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error("recording is larger than the limit of {limit} bytes")]
+    TooLarge { limit: u64 },
+}
+
+impl VaultError {
+    /// True when the file system is full (the API answers 507).
+    pub fn is_storage_full(&self) -> bool {
+        match self {
+            VaultError::Write { source, .. } => {
+                source.kind() == std::io::ErrorKind::StorageFull
+                    || source.kind() == std::io::ErrorKind::QuotaExceeded
+            }
+            VaultError::Read { .. }
+            | VaultError::Missing { .. }
+            | VaultError::Format { .. }
+            | VaultError::Key(_)
+            | VaultError::TooLarge { .. } => false,
+        }
+    }
+}
+
+/// The blob directory.
+#[derive(Debug, Clone)]
+pub struct Vault {
+    /// `data_dir/vault`.
+    dir: PathBuf,
+    /// Plaintext bytes per chunk for new blobs.
+    chunk_size: u32,
+}
+
+/// What the start-up scan found.
+#[derive(Debug, Default)]
+pub struct RecoveryScan {
+    /// Temporary files of writes that never finished, now removed.
+    pub temp_removed: usize,
+    /// Every blob present.
+    pub blobs: Vec<BlobId>,
+}
+
+impl Vault {
+    /// Opens (and creates if needed) the vault under `dir`.
+    pub fn open(dir: &Path) -> Result<Vault, VaultError> {
+        for sub in [dir.to_owned(), dir.join("tmp")] {
+            std::fs::create_dir_all(&sub).map_err(|source| VaultError::Write {
+                path: sub.clone(),
+                source,
+            })?;
+        }
+        Ok(Vault {
+            dir: dir.to_owned(),
+            chunk_size: format::DEFAULT_CHUNK_SIZE,
+        })
+    }
+
+    /// Same, with a chosen chunk size (tests exercise small chunks).
+    pub fn with_chunk_size(mut self, chunk_size: u32) -> Vault {
+        self.chunk_size = chunk_size.clamp(format::MIN_CHUNK_SIZE, format::MAX_CHUNK_SIZE);
+        self
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn chunk_size(&self) -> u32 {
+        self.chunk_size
+    }
+
+    /// Path of the blob of `id`: derived from the typed id only, never from input text.
+    pub fn blob_path(&self, id: &BlobId) -> PathBuf {
+        let name = id.to_string();
+        self.dir.join(&name[..2]).join(format!("{name}.cgv"))
+    }
+
+    fn temp_dir(&self) -> PathBuf {
+        self.dir.join("tmp")
+    }
+
+    /// Removes a blob and makes the removal durable. A blob already gone is not an error.
+    pub fn remove(&self, id: &BlobId) -> Result<(), VaultError> {
+        let path = self.blob_path(id);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(source) => return Err(VaultError::Write { path, source }),
+        }
+        match path.parent() {
+            Some(parent) => store::sync_dir(parent),
+            None => Ok(()),
+        }
+    }
+
+    /// Start-up scan: removes every temporary file (writes that never finished) and lists the
+    /// blobs, for the catalog to reconcile.
+    pub fn recover(&self) -> Result<RecoveryScan, VaultError> {
+        let mut scan = RecoveryScan::default();
+        let temp_dir = self.temp_dir();
+        let entries = std::fs::read_dir(&temp_dir).map_err(|source| VaultError::Read {
+            path: temp_dir.clone(),
+            source,
+        })?;
+        for entry in entries {
+            let entry = entry.map_err(|source| VaultError::Read {
+                path: temp_dir.clone(),
+                source,
+            })?;
+            let path = entry.path();
+            std::fs::remove_file(&path).map_err(|source| VaultError::Write {
+                path: path.clone(),
+                source,
+            })?;
+            scan.temp_removed += 1;
+        }
+        if scan.temp_removed > 0 {
+            store::sync_dir(&temp_dir)?;
+        }
+        let top = std::fs::read_dir(&self.dir).map_err(|source| VaultError::Read {
+            path: self.dir.clone(),
+            source,
+        })?;
+        for shard in top {
+            let shard = shard.map_err(|source| VaultError::Read {
+                path: self.dir.clone(),
+                source,
+            })?;
+            let shard_path = shard.path();
+            if shard.file_name() == "tmp" || !shard_path.is_dir() {
+                continue;
+            }
+            let files = std::fs::read_dir(&shard_path).map_err(|source| VaultError::Read {
+                path: shard_path.clone(),
+                source,
+            })?;
+            for file in files {
+                let file = file.map_err(|source| VaultError::Read {
+                    path: shard_path.clone(),
+                    source,
+                })?;
+                let name = file.file_name();
+                let id = name
+                    .to_str()
+                    .and_then(|n| n.strip_suffix(".cgv"))
+                    .and_then(BlobId::parse);
+                match id {
+                    Some(id) => scan.blobs.push(id),
+                    None => {
+                        tracing::warn!(path = %file.path().display(), "unexpected file in the vault, left alone")
+                    }
+                }
+            }
+        }
+        scan.blobs.sort();
+        Ok(scan)
+    }
+
+    /// Bytes used by blobs (for the report).
+    pub fn disk_usage(&self) -> u64 {
+        fn walk(path: &Path) -> u64 {
+            let Ok(entries) = std::fs::read_dir(path) else {
+                return 0;
+            };
+            let mut total = 0;
+            for entry in entries.flatten() {
+                match entry.metadata() {
+                    Ok(meta) if meta.is_dir() => total += walk(&entry.path()),
+                    Ok(meta) => total += meta.len(),
+                    Err(_) => {}
+                }
+            }
+            total
+        }
+        walk(&self.dir)
+    }
+}

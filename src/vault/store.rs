@@ -1,0 +1,637 @@
+//! Blob files: the crash-safe write path and the random-access reader. A blob is written
+//! encrypted from its first byte into `vault/tmp/`, fsynced, renamed into place, and its
+//! directory fsynced; only then may the catalog commit its row. A guard deletes the temporary
+//! file on every early return. Reading decrypts only the chunks a byte range needs, with memory
+//! bounded by one chunk whatever the recording's length.
+
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use aes_gcm::Aes256Gcm;
+use tokio::io::AsyncWriteExt;
+
+use crate::vault::format::{self, HEADER_LEN, Header, Layout, TAG_LEN};
+use crate::vault::keys::{self, DataKey};
+use crate::vault::{BlobId, Vault, VaultError};
+
+/// What a finished write produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SealedBlob {
+    pub id: BlobId,
+    pub plaintext_len: u64,
+    pub blob_len: u64,
+}
+
+/// Streams plaintext into a new encrypted blob. Drop it before `finish` and nothing remains.
+pub struct BlobWriter {
+    id: BlobId,
+    header: Header,
+    cipher: Aes256Gcm,
+    file: Option<tokio::fs::File>,
+    /// Removes the temporary file unless `finish` renamed it.
+    temp: DeleteOnDrop,
+    final_path: PathBuf,
+    /// Plaintext not yet sealed: at most one chunk. A full chunk waits here until more data
+    /// arrives (then it is not the last) or `finish` (then it is).
+    pending: Vec<u8>,
+    next_index: u64,
+    plaintext_len: u64,
+    limit: u64,
+}
+
+impl BlobWriter {
+    /// Creates the temporary file for blob `id`, encrypted under `key`.
+    pub async fn create(
+        vault: &Vault,
+        id: BlobId,
+        key: &DataKey,
+        limit: u64,
+    ) -> Result<BlobWriter, VaultError> {
+        let nonce_prefix: [u8; format::NONCE_PREFIX_LEN] = keys::random_bytes()?;
+        let header = Header {
+            chunk_size: vault.chunk_size(),
+            recording_id: *id.as_bytes(),
+            nonce_prefix,
+        };
+        let suffix: [u8; 8] = keys::random_bytes()?;
+        let temp_path = vault
+            .temp_dir()
+            .join(format!("{id}-{}.tmp", hex::encode(suffix)));
+        let temp = DeleteOnDrop(Some(temp_path.clone()));
+        let mut file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&temp_path)
+            .await
+            .map_err(|source| VaultError::Write {
+                path: temp_path.clone(),
+                source,
+            })?;
+        file.write_all(&header.encode())
+            .await
+            .map_err(|source| VaultError::Write {
+                path: temp_path.clone(),
+                source,
+            })?;
+        Ok(BlobWriter {
+            id,
+            header,
+            cipher: key.cipher(),
+            file: Some(file),
+            temp,
+            final_path: vault.blob_path(&id),
+            pending: Vec::with_capacity(vault.chunk_size() as usize + TAG_LEN),
+            next_index: 0,
+            plaintext_len: 0,
+            limit,
+        })
+    }
+
+    pub fn id(&self) -> BlobId {
+        self.id
+    }
+
+    /// Plaintext bytes accepted so far.
+    pub fn len(&self) -> u64 {
+        self.plaintext_len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.plaintext_len == 0
+    }
+
+    /// Appends plaintext. Fails once the total passes the limit given at creation.
+    pub async fn write(&mut self, mut data: &[u8]) -> Result<(), VaultError> {
+        let new_len = self.plaintext_len + data.len() as u64;
+        if new_len > self.limit {
+            return Err(VaultError::TooLarge { limit: self.limit });
+        }
+        self.plaintext_len = new_len;
+        let chunk = self.header.chunk_size as usize;
+        while !data.is_empty() {
+            if self.pending.len() == chunk {
+                self.seal_pending(false).await?;
+            }
+            let take = (chunk - self.pending.len()).min(data.len());
+            self.pending.extend_from_slice(&data[..take]);
+            data = &data[take..];
+        }
+        Ok(())
+    }
+
+    /// Seals the last chunk, fsyncs, renames into place and fsyncs the directory. After this
+    /// returns the blob survives power loss; the caller may commit the catalog row.
+    pub async fn finish(mut self) -> Result<SealedBlob, VaultError> {
+        self.seal_pending(true).await?;
+        let temp_path = self.temp.path().to_owned();
+        let mut file = self.file.take().ok_or_else(|| VaultError::Write {
+            path: temp_path.clone(),
+            source: std::io::Error::other("invariant: writer already finished"),
+        })?;
+        file.flush().await.map_err(|source| VaultError::Write {
+            path: temp_path.clone(),
+            source,
+        })?;
+        file.sync_all().await.map_err(|source| VaultError::Write {
+            path: temp_path.clone(),
+            source,
+        })?;
+        drop(file);
+        let parent = self
+            .final_path
+            .parent()
+            .map(Path::to_owned)
+            .unwrap_or_default();
+        tokio::fs::create_dir_all(&parent)
+            .await
+            .map_err(|source| VaultError::Write {
+                path: parent.clone(),
+                source,
+            })?;
+        tokio::fs::rename(&temp_path, &self.final_path)
+            .await
+            .map_err(|source| VaultError::Write {
+                path: self.final_path.clone(),
+                source,
+            })?;
+        self.temp.disarm();
+        let to_sync = parent.clone();
+        let synced = tokio::task::spawn_blocking(move || sync_dir(&to_sync)).await;
+        match synced {
+            Ok(result) => result?,
+            Err(join) => {
+                return Err(VaultError::Write {
+                    path: parent,
+                    source: std::io::Error::other(join.to_string()),
+                });
+            }
+        }
+        Ok(SealedBlob {
+            id: self.id,
+            plaintext_len: self.plaintext_len,
+            blob_len: Layout::blob_len(self.header.chunk_size, self.plaintext_len),
+        })
+    }
+
+    async fn seal_pending(&mut self, last: bool) -> Result<(), VaultError> {
+        let index = self.next_index;
+        let tag = self
+            .header
+            .seal_chunk(&self.cipher, index, last, &mut self.pending)
+            .map_err(|source| VaultError::Format {
+                id: self.id,
+                source,
+            })?;
+        self.pending.extend_from_slice(&tag);
+        let path = self.temp.path().to_owned();
+        let file = self.file.as_mut().ok_or_else(|| VaultError::Write {
+            path: path.clone(),
+            source: std::io::Error::other("invariant: writer already finished"),
+        })?;
+        file.write_all(&self.pending)
+            .await
+            .map_err(|source| VaultError::Write { path, source })?;
+        self.pending.clear();
+        self.next_index += 1;
+        Ok(())
+    }
+}
+
+/// Deletes a path when dropped, unless disarmed.
+struct DeleteOnDrop(Option<PathBuf>);
+
+impl DeleteOnDrop {
+    fn path(&self) -> &Path {
+        self.0.as_deref().unwrap_or(Path::new(""))
+    }
+
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for DeleteOnDrop {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take()
+            && let Err(error) = std::fs::remove_file(&path)
+            && error.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::error!(path = %path.display(), %error, "cannot remove an abandoned temporary blob");
+        }
+    }
+}
+
+/// fsync a directory so that a rename or unlink in it is durable.
+pub fn sync_dir(dir: &Path) -> Result<(), VaultError> {
+    let handle = std::fs::File::open(dir).map_err(|source| VaultError::Write {
+        path: dir.to_owned(),
+        source,
+    })?;
+    handle.sync_all().map_err(|source| VaultError::Write {
+        path: dir.to_owned(),
+        source,
+    })
+}
+
+/// Decrypting reader over one blob: `Read + Seek` on the plaintext. Blocking; use it from
+/// `spawn_blocking`. Holds one chunk in memory.
+pub struct PlainReader {
+    id: BlobId,
+    file: std::fs::File,
+    header: Header,
+    layout: Layout,
+    cipher: Aes256Gcm,
+    /// Plaintext position of the next `read`.
+    position: u64,
+    /// The decrypted chunk in `buffer`, if any.
+    buffered_index: Option<u64>,
+    buffer: Vec<u8>,
+    buffered_len: usize,
+}
+
+impl PlainReader {
+    /// Opens blob `id` and checks its header: magic, version, that it belongs to `id`, and
+    /// that its length is a valid layout. Chunks are authenticated as they are read.
+    pub fn open(vault: &Vault, id: BlobId, key: &DataKey) -> Result<PlainReader, VaultError> {
+        let path = vault.blob_path(&id);
+        let mut file = match std::fs::File::open(&path) {
+            Ok(file) => file,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                return Err(VaultError::Missing { id });
+            }
+            Err(source) => return Err(VaultError::Read { path, source }),
+        };
+        let file_len = file
+            .metadata()
+            .map_err(|source| VaultError::Read {
+                path: path.clone(),
+                source,
+            })?
+            .len();
+        let mut header_bytes = [0u8; HEADER_LEN];
+        if file_len < HEADER_LEN as u64 {
+            return Err(VaultError::Format {
+                id,
+                source: format::FormatError::ShortHeader { len: file_len },
+            });
+        }
+        file.read_exact(&mut header_bytes)
+            .map_err(|source| VaultError::Read {
+                path: path.clone(),
+                source,
+            })?;
+        let header =
+            Header::parse(&header_bytes).map_err(|source| VaultError::Format { id, source })?;
+        if &header.recording_id != id.as_bytes() {
+            return Err(VaultError::Format {
+                id,
+                source: format::FormatError::WrongRecording {
+                    expected: id.to_string(),
+                    found: hex::encode(header.recording_id),
+                },
+            });
+        }
+        let layout =
+            Layout::of(&header, file_len).map_err(|source| VaultError::Format { id, source })?;
+        Ok(PlainReader {
+            id,
+            file,
+            header,
+            layout,
+            cipher: key.cipher(),
+            position: 0,
+            buffered_index: None,
+            buffer: vec![0u8; header.chunk_size as usize + TAG_LEN],
+            buffered_len: 0,
+        })
+    }
+
+    /// Plaintext length of the blob.
+    pub fn len(&self) -> u64 {
+        self.layout.plaintext_len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.layout.plaintext_len == 0
+    }
+
+    /// Decrypts chunk `index` into the buffer (authenticating it).
+    fn load(&mut self, index: u64) -> std::io::Result<()> {
+        if self.buffered_index == Some(index) {
+            return Ok(());
+        }
+        self.buffered_index = None;
+        let sealed_len = self.layout.sealed_len(&self.header, index) as usize;
+        self.file
+            .seek(SeekFrom::Start(Layout::chunk_offset(&self.header, index)))?;
+        self.file.read_exact(&mut self.buffer[..sealed_len])?;
+        let last = index + 1 == self.layout.n_chunks;
+        let plain_len = self
+            .header
+            .open_chunk(&self.cipher, index, last, &mut self.buffer[..sealed_len])
+            .map_err(|source| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    VaultError::Format {
+                        id: self.id,
+                        source,
+                    },
+                )
+            })?;
+        self.buffered_len = plain_len;
+        self.buffered_index = Some(index);
+        Ok(())
+    }
+
+    /// Authenticates every chunk (a full verification pass), returning the first failure.
+    pub fn verify_all(&mut self) -> Result<(), VaultError> {
+        for index in 0..self.layout.n_chunks {
+            self.load(index).map_err(|error| match error.into_inner() {
+                Some(inner) => match inner.downcast::<VaultError>() {
+                    Ok(vault_error) => *vault_error,
+                    Err(other) => VaultError::Read {
+                        path: PathBuf::new(),
+                        source: std::io::Error::other(other),
+                    },
+                },
+                None => VaultError::Read {
+                    path: PathBuf::new(),
+                    source: std::io::Error::other("read failed"),
+                },
+            })?;
+        }
+        Ok(())
+    }
+}
+
+impl Read for PlainReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        if out.is_empty() || self.position >= self.layout.plaintext_len {
+            return Ok(0);
+        }
+        let chunk = u64::from(self.header.chunk_size);
+        let index = self.position / chunk;
+        self.load(index)?;
+        let offset = (self.position - index * chunk) as usize;
+        let available = self.buffered_len.saturating_sub(offset);
+        let n = available.min(out.len());
+        out[..n].copy_from_slice(&self.buffer[offset..offset + n]);
+        self.position += n as u64;
+        Ok(n)
+    }
+}
+
+impl Seek for PlainReader {
+    fn seek(&mut self, target: SeekFrom) -> std::io::Result<u64> {
+        let len = self.layout.plaintext_len as i128;
+        let new = match target {
+            SeekFrom::Start(offset) => offset as i128,
+            SeekFrom::End(delta) => len + delta as i128,
+            SeekFrom::Current(delta) => self.position as i128 + delta as i128,
+        };
+        if new < 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "seek before the start",
+            ));
+        }
+        self.position = u64::try_from(new).unwrap_or(u64::MAX);
+        Ok(self.position)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vault(chunk: u32) -> (tempfile::TempDir, Vault) {
+        let dir = tempfile::tempdir().unwrap();
+        let vault = Vault::open(&dir.path().join("vault"))
+            .unwrap()
+            .with_chunk_size(chunk);
+        (dir, vault)
+    }
+
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 31 % 251) as u8).collect()
+    }
+
+    async fn write_blob(vault: &Vault, key: &DataKey, data: &[u8], piece: usize) -> SealedBlob {
+        let mut writer = BlobWriter::create(vault, BlobId::generate(), key, u64::MAX)
+            .await
+            .unwrap();
+        for part in data.chunks(piece.max(1)) {
+            writer.write(part).await.unwrap();
+        }
+        writer.finish().await.unwrap()
+    }
+
+    fn read_all(vault: &Vault, id: BlobId, key: &DataKey) -> Vec<u8> {
+        let mut out = Vec::new();
+        PlainReader::open(vault, id, key)
+            .unwrap()
+            .read_to_end(&mut out)
+            .unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn round_trip_at_every_boundary() {
+        let chunk = 4096u32;
+        let (_dir, vault) = vault(chunk);
+        let key = DataKey::generate().unwrap();
+        let c = chunk as usize;
+        for len in [0, 1, c - 1, c, c + 1, 3 * c, 3 * c + 7] {
+            for piece in [1000, c, 7 * c] {
+                let data = pattern(len);
+                let sealed = write_blob(&vault, &key, &data, piece).await;
+                assert_eq!(sealed.plaintext_len, len as u64);
+                let on_disk = std::fs::metadata(vault.blob_path(&sealed.id))
+                    .unwrap()
+                    .len();
+                assert_eq!(on_disk, sealed.blob_len);
+                assert_eq!(
+                    read_all(&vault, sealed.id, &key),
+                    data,
+                    "len {len} piece {piece}"
+                );
+            }
+        }
+        assert_eq!(
+            std::fs::read_dir(vault.dir().join("tmp")).unwrap().count(),
+            0
+        );
+    }
+
+    #[tokio::test]
+    async fn hundred_mebibytes_round_trip_with_default_chunks() {
+        let (_dir, vault) = vault(format::DEFAULT_CHUNK_SIZE);
+        let key = DataKey::generate().unwrap();
+        let len = 100 << 20;
+        let block = pattern(1 << 20);
+        let mut writer = BlobWriter::create(&vault, BlobId::generate(), &key, u64::MAX)
+            .await
+            .unwrap();
+        for _ in 0..100 {
+            writer.write(&block).await.unwrap();
+        }
+        let sealed = writer.finish().await.unwrap();
+        assert_eq!(sealed.plaintext_len, len);
+        let mut reader = PlainReader::open(&vault, sealed.id, &key).unwrap();
+        let mut buf = vec![0u8; 1 << 20];
+        for _ in 0..100 {
+            reader.read_exact(&mut buf).unwrap();
+            assert!(buf == block);
+        }
+        assert_eq!(reader.read(&mut buf).unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn ranges_decrypt_exactly_the_asked_bytes() {
+        let (_dir, vault) = vault(100);
+        let key = DataKey::generate().unwrap();
+        let data = pattern(1234);
+        let sealed = write_blob(&vault, &key, &data, 333).await;
+        let mut reader = PlainReader::open(&vault, sealed.id, &key).unwrap();
+        for (start, len) in [
+            (0usize, 1usize),
+            (99, 2),
+            (100, 100),
+            (150, 700),
+            (1233, 1),
+            (1000, 234),
+        ] {
+            reader.seek(SeekFrom::Start(start as u64)).unwrap();
+            let mut out = vec![0u8; len];
+            reader.read_exact(&mut out).unwrap();
+            assert_eq!(out, data[start..start + len]);
+        }
+        reader.seek(SeekFrom::Start(5000)).unwrap();
+        assert_eq!(reader.read(&mut [0u8; 8]).unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn tampered_blob_files_are_refused() {
+        let (_dir, vault) = vault(64);
+        let key = DataKey::generate().unwrap();
+        let data = pattern(300);
+        let sealed = write_blob(&vault, &key, &data, 300).await;
+        let path = vault.blob_path(&sealed.id);
+        let original = std::fs::read(&path).unwrap();
+
+        let mut flipped = original.clone();
+        flipped[HEADER_LEN + 70] ^= 1;
+        std::fs::write(&path, &flipped).unwrap();
+        let mut out = Vec::new();
+        assert!(
+            PlainReader::open(&vault, sealed.id, &key)
+                .unwrap()
+                .read_to_end(&mut out)
+                .is_err()
+        );
+
+        std::fs::write(&path, &original[..original.len() - 80]).unwrap();
+        let mut reader = PlainReader::open(&vault, sealed.id, &key).unwrap();
+        assert!(reader.verify_all().is_err());
+
+        // Another recording's file moved over this one: wrong id in the header.
+        let other = write_blob(&vault, &key, &data, 300).await;
+        std::fs::copy(vault.blob_path(&other.id), &path).unwrap();
+        assert!(matches!(
+            PlainReader::open(&vault, sealed.id, &key),
+            Err(VaultError::Format {
+                source: format::FormatError::WrongRecording { .. },
+                ..
+            })
+        ));
+
+        // The right file with another key.
+        std::fs::write(&path, &original).unwrap();
+        let wrong_key = DataKey::generate().unwrap();
+        assert!(
+            PlainReader::open(&vault, sealed.id, &wrong_key)
+                .unwrap()
+                .verify_all()
+                .is_err()
+        );
+        assert!(
+            PlainReader::open(&vault, sealed.id, &key)
+                .unwrap()
+                .verify_all()
+                .is_ok()
+        );
+    }
+
+    #[tokio::test]
+    async fn abandoned_writes_leave_nothing_and_recovery_cleans_crashes() {
+        let (_dir, vault) = vault(64);
+        let key = DataKey::generate().unwrap();
+        let secret = b"PLAINTEXT-AUDIO-MARKER".repeat(20);
+
+        // Dropped before finish (client went away, error): the guard removes the temp file.
+        let mut writer = BlobWriter::create(&vault, BlobId::generate(), &key, u64::MAX)
+            .await
+            .unwrap();
+        writer.write(&secret).await.unwrap();
+        drop(writer);
+        assert_eq!(
+            std::fs::read_dir(vault.dir().join("tmp")).unwrap().count(),
+            0
+        );
+
+        // Crash mid-write (no destructor runs): a temp file remains, encrypted; recovery removes it.
+        let mut writer = BlobWriter::create(&vault, BlobId::generate(), &key, u64::MAX)
+            .await
+            .unwrap();
+        writer.write(&secret).await.unwrap();
+        writer.write(&secret).await.unwrap();
+        std::mem::forget(writer);
+        let temp_files: Vec<_> = std::fs::read_dir(vault.dir().join("tmp"))
+            .unwrap()
+            .flatten()
+            .collect();
+        assert_eq!(temp_files.len(), 1);
+        let bytes = std::fs::read(temp_files[0].path()).unwrap();
+        assert!(!bytes.windows(22).any(|w| w == b"PLAINTEXT-AUDIO-MARKER"));
+
+        // Crash after rename, before the catalog commit: the blob is listed for reconciliation.
+        let sealed = write_blob(&vault, &key, &secret, 100).await;
+        let scan = vault.recover().unwrap();
+        assert_eq!(scan.temp_removed, 1);
+        assert_eq!(scan.blobs, vec![sealed.id]);
+        assert_eq!(
+            std::fs::read_dir(vault.dir().join("tmp")).unwrap().count(),
+            0
+        );
+        vault.remove(&sealed.id).unwrap();
+        assert!(vault.recover().unwrap().blobs.is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_size_limit_is_enforced_while_streaming() {
+        let (_dir, vault) = vault(64);
+        let key = DataKey::generate().unwrap();
+        let mut writer = BlobWriter::create(&vault, BlobId::generate(), &key, 100)
+            .await
+            .unwrap();
+        writer.write(&[0u8; 100]).await.unwrap();
+        assert!(matches!(
+            writer.write(&[0u8; 1]).await,
+            Err(VaultError::TooLarge { limit: 100 })
+        ));
+    }
+
+    #[test]
+    fn blob_ids_parse_strictly() {
+        let id = BlobId::generate();
+        assert_eq!(BlobId::parse(&id.to_string()), Some(id));
+        for bad in [
+            "",
+            "../../etc/passwd",
+            "ABCDEF0123456789ABCDEF0123456789",
+            "0123456789abcdef0123456789abcde",
+        ] {
+            assert_eq!(BlobId::parse(bad), None, "{bad}");
+        }
+    }
+}
