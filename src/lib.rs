@@ -3,6 +3,15 @@
 #![forbid(unsafe_code)]
 #![deny(clippy::unwrap_used)]
 
+pub mod access;
+pub mod api;
+pub mod audit;
+pub mod catalog;
+pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod daemon;
+pub mod keyring;
+pub mod metrics;
+pub mod pki;
 pub mod vault;

@@ -1,0 +1,155 @@
+//! The API's error vocabulary: `ApiError` → HTTP status, snake_case code and the SPEC §6 JSON
+//! shape `{"error": {"code", "message"}}`. `status` and `code` are exhaustive matches: a new
+//! variant does not compile until someone decides what the client sees. Internal failures map
+//! to `500 internal` with no detail (the detail goes to the log).
+
+use bytes::Bytes;
+use hyper::StatusCode;
+
+use crate::catalog::recordings::Tombstone;
+
+/// Everything a handler can refuse with.
+#[derive(Debug)]
+pub enum ApiError {
+    BadRequest(String),
+    Conflict { code: &'static str, message: String },
+    Deleted(Tombstone),
+    Expired,
+    Forbidden(String),
+    HoldActive(String),
+    InsufficientStorage,
+    Internal(String),
+    InvalidMetadata(String),
+    MethodNotAllowed,
+    NoOpenAlarm,
+    NotFound,
+    NotImplemented(&'static str),
+    PayloadTooLarge(u64),
+    PurposeNotAllowed(String),
+    PurposeRequired,
+    RangeNotSatisfiable(u64),
+    Timeout,
+    TranscodingUnavailable(String),
+    UnknownIdentity,
+    UnsupportedAudio(String),
+    UnsupportedMediaType(String),
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Conflict { .. } => StatusCode::CONFLICT,
+            ApiError::Deleted(_) => StatusCode::GONE,
+            ApiError::Expired => StatusCode::GONE,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::HoldActive(_) => StatusCode::CONFLICT,
+            ApiError::InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::InvalidMetadata(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::NoOpenAlarm => StatusCode::FORBIDDEN,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::PurposeNotAllowed(_) => StatusCode::FORBIDDEN,
+            ApiError::PurposeRequired => StatusCode::BAD_REQUEST,
+            ApiError::RangeNotSatisfiable(_) => StatusCode::RANGE_NOT_SATISFIABLE,
+            ApiError::Timeout => StatusCode::REQUEST_TIMEOUT,
+            ApiError::TranscodingUnavailable(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::UnknownIdentity => StatusCode::FORBIDDEN,
+            ApiError::UnsupportedAudio(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::Conflict { code, .. } => code,
+            ApiError::Deleted(_) => "deleted",
+            ApiError::Expired => "expired",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::HoldActive(_) => "hold_active",
+            ApiError::InsufficientStorage => "insufficient_storage",
+            ApiError::Internal(_) => "internal",
+            ApiError::InvalidMetadata(_) => "invalid_metadata",
+            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::NoOpenAlarm => "no_open_alarm",
+            ApiError::NotFound => "not_found",
+            ApiError::NotImplemented(_) => "not_implemented",
+            ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::PurposeNotAllowed(_) => "purpose_not_allowed",
+            ApiError::PurposeRequired => "purpose_required",
+            ApiError::RangeNotSatisfiable(_) => "range_not_satisfiable",
+            ApiError::Timeout => "timeout",
+            ApiError::TranscodingUnavailable(_) => "transcoding_unavailable",
+            ApiError::UnknownIdentity => "unknown_identity",
+            ApiError::UnsupportedAudio(_) => "unsupported_audio",
+            ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            ApiError::BadRequest(why) => why.clone(),
+            ApiError::Conflict { message, .. } => message.clone(),
+            ApiError::Deleted(tomb) => {
+                format!("recording {} was deleted ({})", tomb.id, tomb.reason)
+            }
+            ApiError::Expired => "the recording's retention period has ended".into(),
+            ApiError::Forbidden(why) => why.clone(),
+            ApiError::HoldActive(why) => why.clone(),
+            ApiError::InsufficientStorage => {
+                "the server's storage is full; nothing was stored, retry later".into()
+            }
+            ApiError::Internal(_) => "internal error; the server log has the details".into(),
+            ApiError::InvalidMetadata(why) => format!("invalid metadata: {why}"),
+            ApiError::MethodNotAllowed => "this path does not accept this method".into(),
+            ApiError::NoOpenAlarm => "no alarm case is open for this account".into(),
+            ApiError::NotFound => "no such resource".into(),
+            ApiError::NotImplemented(what) => format!("{what} is not available in this version"),
+            ApiError::PayloadTooLarge(limit) => {
+                format!("the body exceeds the limit of {limit} bytes")
+            }
+            ApiError::PurposeNotAllowed(why) => why.clone(),
+            ApiError::PurposeRequired => "the `purpose` query parameter is required".into(),
+            ApiError::RangeNotSatisfiable(len) => {
+                format!("the range is outside the {len}-byte resource")
+            }
+            ApiError::Timeout => "the client was too slow".into(),
+            ApiError::TranscodingUnavailable(why) => why.clone(),
+            ApiError::UnknownIdentity => {
+                "this client certificate is not registered with a role".into()
+            }
+            ApiError::UnsupportedAudio(why) => format!("unsupported audio: {why}"),
+            ApiError::UnsupportedMediaType(why) => why.clone(),
+        }
+    }
+
+    /// The JSON body.
+    pub fn body(&self) -> Bytes {
+        let mut value =
+            serde_json::json!({ "error": { "code": self.code(), "message": self.message() } });
+        if let ApiError::Deleted(tomb) = self {
+            value["tombstone"] = serde_json::json!({
+                "id": tomb.id.to_string(),
+                "deleted_at": crate::audit::chain::format_time(tomb.deleted_at),
+                "reason": tomb.reason,
+            });
+        }
+        Bytes::from(value.to_string())
+    }
+}
+
+impl From<crate::catalog::CatalogError> for ApiError {
+    fn from(error: crate::catalog::CatalogError) -> ApiError {
+        ApiError::Internal(error.to_string())
+    }
+}
+
+impl From<crate::vault::keys::KeyError> for ApiError {
+    fn from(error: crate::vault::keys::KeyError) -> ApiError {
+        ApiError::Internal(error.to_string())
+    }
+}

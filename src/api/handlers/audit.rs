@@ -1,0 +1,44 @@
+//! `GET /v1/audit?from&to&actor&action&limit&cursor` for the DPO: audit entries, oldest first,
+//! cursor = the last seq seen.
+
+use std::sync::Arc;
+
+use hyper::Response;
+
+use crate::api::error::ApiError;
+use crate::api::{AppState, Body, Request, limit_param, page, time_param};
+use crate::catalog::AuditFilter;
+
+pub(super) async fn list(
+    state: &Arc<AppState>,
+    request: Request,
+) -> Result<Response<Body>, ApiError> {
+    let limit = limit_param(&request)?;
+    let filter = AuditFilter {
+        from: time_param(&request, "from")?,
+        to: time_param(&request, "to")?,
+        actor: request.param("actor").map(str::to_owned),
+        action: request.param("action").map(str::to_owned),
+    };
+    let after = match request.param("cursor") {
+        None => 0,
+        Some(text) => text
+            .parse::<u64>()
+            .map_err(|_| ApiError::BadRequest("invalid cursor".into()))?,
+    };
+    let entries = state
+        .catalog
+        .call(move |catalog| catalog.audit_query(&filter, after, limit + 1))
+        .await?;
+    let has_more = entries.len() > limit;
+    let items: Vec<serde_json::Value> = entries
+        .iter()
+        .take(limit)
+        .map(crate::audit::entry_json)
+        .collect();
+    let next = match has_more {
+        true => entries.get(limit - 1).map(|e| e.seq.to_string()),
+        false => None,
+    };
+    Ok(page(items, next))
+}

@@ -1,0 +1,178 @@
+//! The HTTPS API (SPEC §6): TLS with mandatory client certificates (`tls`), the endpoint table
+//! and access matrix (`routes`), the error vocabulary (`error`), the accept loop with its limits
+//! and timeouts (`server`), and one handler file per resource (`handlers`). Every request is
+//! parsed into an `Endpoint`, its caller's role looked up and checked against the matrix, and
+//! refusals audited, before any handler runs. Owns HTTP status codes and JSON shapes; makes no
+//! domain decision of its own.
+
+pub mod error;
+pub mod handlers;
+pub mod routes;
+pub mod server;
+pub mod tls;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Response, StatusCode};
+
+use crate::access::Role;
+use crate::api::error::ApiError;
+use crate::api::routes::Endpoint;
+use crate::catalog::Catalog;
+use crate::clock::SharedClock;
+use crate::config::Config;
+use crate::keyring::Keyring;
+use crate::metrics::Metrics;
+use crate::vault::Vault;
+
+/// The response body type of every handler.
+pub type Body = BoxBody<Bytes, std::io::Error>;
+
+/// What handlers share: the stores, keys, clock, metrics and configuration.
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub catalog: Catalog,
+    pub vault: Vault,
+    pub keyring: Arc<Keyring>,
+    pub clock: SharedClock,
+    pub metrics: Arc<Metrics>,
+    /// When the process started (for `uptime_s`).
+    pub started_at: jiff::Timestamp,
+    /// Status lines of background workers (receivers, spool, purge), for `/v1/status`.
+    pub workers: crate::daemon::WorkerStatus,
+}
+
+/// The authenticated caller of one request.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// Subject CN of the verified client certificate.
+    pub cn: String,
+    pub role: Role,
+}
+
+/// One request, routed and authorised, as handlers see it.
+pub struct Request {
+    pub endpoint: Endpoint,
+    pub caller: Caller,
+    pub query: HashMap<String, String>,
+    pub headers: hyper::HeaderMap,
+    pub body: Incoming,
+}
+
+impl Request {
+    /// A query parameter, if present and non-empty.
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.query
+            .get(name)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
+    }
+
+    /// Reads a JSON body of at most `limit` bytes, each read bounded by `idle`.
+    pub async fn json(self, limit: usize, idle: Duration) -> Result<serde_json::Value, ApiError> {
+        let bytes = read_body(self.body, limit, idle).await?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::BadRequest(format!("the body is not valid JSON: {e}")))
+    }
+}
+
+/// Reads a whole (small) body with a size limit and an idle timeout per frame.
+pub async fn read_body(
+    mut body: Incoming,
+    limit: usize,
+    idle: Duration,
+) -> Result<Bytes, ApiError> {
+    let mut out = Vec::new();
+    loop {
+        let frame = match tokio::time::timeout(idle, body.frame()).await {
+            Err(_) => return Err(ApiError::Timeout),
+            Ok(None) => break,
+            Ok(Some(Err(error))) => {
+                return Err(ApiError::BadRequest(format!(
+                    "cannot read the body: {error}"
+                )));
+            }
+            Ok(Some(Ok(frame))) => frame,
+        };
+        if let Ok(data) = frame.into_data() {
+            if out.len() + data.len() > limit {
+                return Err(ApiError::PayloadTooLarge(limit as u64));
+            }
+            out.extend_from_slice(&data);
+        }
+    }
+    Ok(Bytes::from(out))
+}
+
+/// Parses `a=1&b=x%20y` (with `+` as space). Repeated keys keep the last value.
+pub fn parse_query(query: Option<&str>) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let decode = |text: &str| routes::percent_decode(&text.replace('+', " "));
+        if let (Some(key), Some(value)) = (decode(key), decode(value)) {
+            out.insert(key, value);
+        }
+    }
+    out
+}
+
+/// A JSON response.
+pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    bytes_response(status, "application/json", Bytes::from(value.to_string()))
+}
+
+/// A response with a fixed body.
+pub fn bytes_response(status: StatusCode, content_type: &str, body: Bytes) -> Response<Body> {
+    let mut response = Response::new(Full::new(body).map_err(|never| match never {}).boxed());
+    *response.status_mut() = status;
+    if let Ok(value) = hyper::header::HeaderValue::from_str(content_type) {
+        response
+            .headers_mut()
+            .insert(hyper::header::CONTENT_TYPE, value);
+    }
+    response
+}
+
+/// The SPEC §6 error response.
+pub fn error_response(error: &ApiError) -> Response<Body> {
+    bytes_response(error.status(), "application/json", error.body())
+}
+
+/// A page of items: `{"items": [...], "next_cursor": ...}`.
+pub fn page(items: Vec<serde_json::Value>, next_cursor: Option<String>) -> Response<Body> {
+    json(
+        StatusCode::OK,
+        &serde_json::json!({ "items": items, "next_cursor": next_cursor }),
+    )
+}
+
+/// `limit` query parameter: default 50, 1..=1000.
+pub fn limit_param(request: &Request) -> Result<usize, ApiError> {
+    match request.param("limit") {
+        None => Ok(50),
+        Some(text) => match text.parse::<usize>() {
+            Ok(n) if (1..=1000).contains(&n) => Ok(n),
+            _ => Err(ApiError::BadRequest(format!(
+                "limit `{text}` is not a number between 1 and 1000"
+            ))),
+        },
+    }
+}
+
+/// An RFC 3339 time query parameter.
+pub fn time_param(request: &Request, name: &str) -> Result<Option<jiff::Timestamp>, ApiError> {
+    match request.param(name) {
+        None => Ok(None),
+        Some(text) => text
+            .parse::<jiff::Timestamp>()
+            .map(Some)
+            .map_err(|_| ApiError::BadRequest(format!("`{name}` is not an RFC 3339 time"))),
+    }
+}

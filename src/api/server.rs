@@ -1,0 +1,250 @@
+//! The accept loop and per-connection serving: a connection permit is taken *before* accept
+//! (`server.max_connections`), the TLS handshake runs in the connection's own task under
+//! `server.handshake_timeout`, HTTP/1.1 with a header size limit and a header read timeout, and
+//! a graceful drain on shutdown. Then each request is routed, authenticated, authorised (denials
+//! audited) and dispatched.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use hyper::Response;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::api::error::ApiError;
+use crate::api::routes::{Endpoint, RouteError};
+use crate::api::{AppState, Body, Caller, Request, error_response, handlers, parse_query, tls};
+use crate::audit::chain::{AuditDraft, Outcome};
+
+/// Largest request head (request line + headers).
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+
+/// Serves the API on `listener` until `shutdown`; connection tasks go into `tracker`.
+pub async fn run(
+    listener: TcpListener,
+    tls_config: Arc<rustls::ServerConfig>,
+    state: Arc<AppState>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let acceptor = TlsAcceptor::from(tls_config);
+    let permits = Arc::new(Semaphore::new(state.config.server.max_connections));
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+        };
+        let (tcp, _peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(error) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let acceptor = acceptor.clone();
+        let state = state.clone();
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            let _permit = permit;
+            serve_connection(tcp, acceptor, state, shutdown).await;
+        });
+    }
+}
+
+async fn serve_connection(
+    tcp: tokio::net::TcpStream,
+    acceptor: TlsAcceptor,
+    state: Arc<AppState>,
+    shutdown: CancellationToken,
+) {
+    let _ = tcp.set_nodelay(true);
+    let handshake =
+        tokio::time::timeout(state.config.server.handshake_timeout, acceptor.accept(tcp)).await;
+    let stream = match handshake {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) => {
+            tracing::info!(%error, "TLS handshake refused");
+            return;
+        }
+        Err(_) => {
+            tracing::info!("TLS handshake timed out");
+            return;
+        }
+    };
+    let cn = {
+        let (_, session) = stream.get_ref();
+        session
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .and_then(tls::common_name)
+    };
+    let Some(cn) = cn else {
+        tracing::info!("client certificate without a usable CN");
+        return;
+    };
+    let service_state = state.clone();
+    let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+        let state = service_state.clone();
+        let cn = cn.clone();
+        async move { Ok::<_, std::convert::Infallible>(handle(request, state, cn).await) }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(state.config.server.handshake_timeout)
+        .max_buf_size(MAX_HEAD_BYTES)
+        .keep_alive(true);
+    let connection = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => {
+            if let Err(error) = result {
+                tracing::debug!(%error, "connection ended with an error");
+            }
+        }
+        _ = shutdown.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(10), connection).await;
+        }
+    }
+}
+
+/// Routes, authenticates, authorises and dispatches one request.
+async fn handle(
+    request: hyper::Request<hyper::body::Incoming>,
+    state: Arc<AppState>,
+    cn: String,
+) -> Response<Body> {
+    let started = Instant::now();
+    let (parts, body) = request.into_parts();
+    let endpoint = match Endpoint::parse(&parts.method, parts.uri.path()) {
+        Ok(endpoint) => endpoint,
+        Err(RouteError::NotFound) => {
+            return finish(&state, "unknown", started, Err(ApiError::NotFound));
+        }
+        Err(RouteError::MethodNotAllowed) => {
+            return finish(&state, "unknown", started, Err(ApiError::MethodNotAllowed));
+        }
+    };
+    let name = endpoint.name();
+    let role = {
+        let cn = cn.clone();
+        state
+            .catalog
+            .call(move |catalog| catalog.role_of(&cn))
+            .await
+    };
+    let role = match role {
+        Ok(Some(role)) => role,
+        Ok(None) => {
+            deny(&state, &cn, "", &endpoint, "certificate CN has no role").await;
+            return finish(&state, name, started, Err(ApiError::UnknownIdentity));
+        }
+        Err(error) => return finish(&state, name, started, Err(ApiError::from(error))),
+    };
+    if !endpoint.allowed_roles().contains(&role) {
+        deny(
+            &state,
+            &cn,
+            role.as_str(),
+            &endpoint,
+            "role not allowed on this endpoint",
+        )
+        .await;
+        let refusal = ApiError::Forbidden(format!(
+            "role `{role}` may not call {} {}",
+            parts.method, name
+        ));
+        return finish(&state, name, started, Err(refusal));
+    }
+    let request = Request {
+        endpoint,
+        caller: Caller { cn, role },
+        query: parse_query(parts.uri.query()),
+        headers: parts.headers,
+        body,
+    };
+    let result = handlers::dispatch(&state, request).await;
+    finish(&state, name, started, result)
+}
+
+/// Audits a refused request. If the entry cannot be written the request is still refused.
+async fn deny(state: &Arc<AppState>, cn: &str, role: &str, endpoint: &Endpoint, why: &str) {
+    let draft = AuditDraft::new(
+        cn,
+        role,
+        endpoint.name(),
+        &endpoint.object(),
+        Outcome::Denied,
+    )
+    .detail(why);
+    let now = state.clock.now();
+    if let Err(error) = state
+        .catalog
+        .call(move |catalog| catalog.audit(draft, now))
+        .await
+    {
+        tracing::error!(%error, "cannot audit a denied request");
+    }
+}
+
+/// Turns a handler result into a response, counting and logging it (no personal data).
+fn finish(
+    state: &AppState,
+    name: &'static str,
+    started: Instant,
+    result: Result<Response<Body>, ApiError>,
+) -> Response<Body> {
+    let response = match result {
+        Ok(response) => response,
+        Err(error) => {
+            if let ApiError::Internal(detail) = &error {
+                tracing::error!(endpoint = name, %detail, "internal error");
+            }
+            error_response(&error)
+        }
+    };
+    let status = response.status();
+    let elapsed = started.elapsed();
+    state
+        .metrics
+        .requests
+        .get_or_create(&vec![
+            ("endpoint", name.to_owned()),
+            ("status", status.as_u16().to_string()),
+        ])
+        .inc();
+    state
+        .metrics
+        .request_duration
+        .get_or_create(&vec![("endpoint", name.to_owned())])
+        .observe(elapsed.as_secs_f64());
+    match status.is_server_error() {
+        true => tracing::warn!(
+            endpoint = name,
+            status = status.as_u16(),
+            ms = elapsed.as_millis() as u64,
+            "request"
+        ),
+        false => tracing::info!(
+            endpoint = name,
+            status = status.as_u16(),
+            ms = elapsed.as_millis() as u64,
+            "request"
+        ),
+    }
+    response
+}

@@ -1,0 +1,104 @@
+//! TLS for the API: a rustls `ServerConfig` (ring provider, TLS 1.2 and 1.3 only) that requires
+//! a client certificate chaining to `server.client_ca`, and the extraction of the verified
+//! identity (the certificate's subject CN). A client without a valid certificate is refused
+//! during the handshake, before any HTTP byte.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::RootCertStore;
+use rustls::server::WebPkiClientVerifier;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+/// Why the TLS configuration could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {what} {path}: {reason}")]
+    Pem {
+        what: &'static str,
+        path: String,
+        reason: String,
+    },
+    #[error("{path} holds no certificate")]
+    NoCertificate { path: String },
+    #[error("invalid TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+    #[error("invalid client CA: {0}")]
+    Verifier(String),
+}
+
+/// The crypto provider used everywhere (one provider only: see dependencies.md pitfall 3).
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Builds the server configuration from PEM files.
+pub fn server_config(
+    cert: &Path,
+    key: &Path,
+    client_ca: &Path,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(pem_error("certificate", cert))?
+        .collect::<Result<_, _>>()
+        .map_err(pem_error("certificate", cert))?;
+    if chain.is_empty() {
+        return Err(TlsError::NoCertificate {
+            path: cert.display().to_string(),
+        });
+    }
+    let private_key = PrivateKeyDer::from_pem_file(key).map_err(pem_error("private key", key))?;
+    let mut roots = RootCertStore::empty();
+    let anchors: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(client_ca)
+        .map_err(pem_error("client CA", client_ca))?
+        .collect::<Result<_, _>>()
+        .map_err(pem_error("client CA", client_ca))?;
+    if anchors.is_empty() {
+        return Err(TlsError::NoCertificate {
+            path: client_ca.display().to_string(),
+        });
+    }
+    for anchor in anchors {
+        roots
+            .add(anchor)
+            .map_err(|e| TlsError::Verifier(e.to_string()))?;
+    }
+    let provider = provider();
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| TlsError::Verifier(e.to_string()))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, private_key)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+fn pem_error<'p>(
+    what: &'static str,
+    path: &'p Path,
+) -> impl FnOnce(rustls_pki_types::pem::Error) -> TlsError + 'p {
+    move |error| TlsError::Pem {
+        what,
+        path: path.display().to_string(),
+        reason: error.to_string(),
+    }
+}
+
+/// The subject CN of a verified client certificate (the first one if several).
+pub fn common_name(cert: &CertificateDer<'_>) -> Option<String> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    let cn = parsed
+        .subject()
+        .iter_common_name()
+        .next()?
+        .as_str()
+        .ok()?
+        .to_owned();
+    match cn.is_empty() || cn.len() > 256 || cn.chars().any(char::is_control) {
+        true => None,
+        false => Some(cn),
+    }
+}

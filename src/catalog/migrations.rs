@@ -1,0 +1,124 @@
+//! Versioned schema migrations, applied in order inside one transaction each; the version is
+//! `PRAGMA user_version`. A catalog newer than this build is refused, never downgraded.
+
+use rusqlite::Connection;
+
+use crate::catalog::{CatalogError, sql};
+
+/// Each entry migrates from version `index` to `index + 1`.
+const MIGRATIONS: &[&str] = &[
+    // 1: foundation.
+    "CREATE TABLE keyring (
+         name TEXT PRIMARY KEY,
+         wrapped BLOB NOT NULL
+     ) STRICT;
+     CREATE TABLE users (
+         cn TEXT PRIMARY KEY,
+         role TEXT NOT NULL,
+         created_at INTEGER NOT NULL
+     ) STRICT;
+     CREATE TABLE recordings (
+         id TEXT PRIMARY KEY,
+         call_id_hmac BLOB NOT NULL UNIQUE,
+         caller_hmac BLOB,
+         callee_hmac BLOB,
+         account_hmac BLOB,
+         operator_hmac BLOB,
+         alarm_case TEXT,
+         direction TEXT NOT NULL,
+         started_at INTEGER NOT NULL,
+         retain_until INTEGER NOT NULL,
+         ingested_at INTEGER NOT NULL,
+         state TEXT NOT NULL,
+         container TEXT NOT NULL,
+         codec TEXT NOT NULL,
+         sample_rate INTEGER NOT NULL,
+         channels INTEGER NOT NULL,
+         n_frames INTEGER NOT NULL,
+         duration_ms INTEGER NOT NULL,
+         size INTEGER NOT NULL,
+         sha256 BLOB NOT NULL,
+         wrapped_key BLOB NOT NULL,
+         sealed_meta BLOB NOT NULL,
+         pending_deletion TEXT
+     ) STRICT;
+     CREATE INDEX recordings_by_start ON recordings (started_at, id);
+     CREATE INDEX recordings_by_expiry ON recordings (retain_until);
+     CREATE INDEX recordings_by_caller ON recordings (caller_hmac);
+     CREATE INDEX recordings_by_account ON recordings (account_hmac);
+     CREATE INDEX recordings_by_operator ON recordings (operator_hmac);
+     CREATE INDEX recordings_by_case ON recordings (alarm_case);
+     CREATE TABLE tombstones (
+         id TEXT PRIMARY KEY,
+         deleted_at INTEGER NOT NULL,
+         reason TEXT NOT NULL
+     ) STRICT;
+     CREATE TABLE audit (
+         seq INTEGER PRIMARY KEY,
+         at INTEGER NOT NULL,
+         actor TEXT NOT NULL,
+         role TEXT NOT NULL,
+         action TEXT NOT NULL,
+         object TEXT NOT NULL,
+         purpose TEXT,
+         outcome TEXT NOT NULL,
+         detail TEXT NOT NULL,
+         prev_hash BLOB NOT NULL,
+         hash BLOB NOT NULL
+     ) STRICT;
+     CREATE INDEX audit_by_time ON audit (at);
+     CREATE TABLE audit_anchor (
+         id INTEGER PRIMARY KEY CHECK (id = 1),
+         seq INTEGER NOT NULL,
+         hash BLOB NOT NULL
+     ) STRICT;",
+];
+
+/// The schema version this build writes.
+pub(crate) fn current_version() -> i64 {
+    MIGRATIONS.len() as i64
+}
+
+pub(crate) fn migrate(conn: &mut Connection) -> Result<(), CatalogError> {
+    let found: i64 = conn
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .map_err(sql("schema version"))?;
+    if found > current_version() {
+        return Err(CatalogError::FutureSchema {
+            found,
+            known: current_version(),
+        });
+    }
+    for (index, migration) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        let tx = conn.transaction().map_err(sql("migration begin"))?;
+        tx.execute_batch(migration).map_err(sql("migration"))?;
+        tx.pragma_update(None, "user_version", index as i64 + 1)
+            .map_err(sql("schema version"))?;
+        tx.commit().map_err(sql("migration commit"))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_future_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.sqlite");
+        drop(crate::catalog::Catalog::open(&path).unwrap());
+        {
+            #[expect(
+                clippy::disallowed_methods,
+                reason = "test writes a foreign schema version"
+            )]
+            let conn = Connection::open(&path).unwrap();
+            conn.pragma_update(None, "user_version", 999).unwrap();
+        }
+        assert!(matches!(
+            crate::catalog::Catalog::open(&path),
+            Err(CatalogError::FutureSchema { found: 999, .. })
+        ));
+    }
+}

@@ -1,0 +1,405 @@
+//! The catalog: the only user of SQLite. Owns the connection and its pragmas (WAL,
+//! `synchronous=FULL`, `secure_delete`, foreign keys), versioned migrations, transactions, and
+//! every SQL statement of the crate, grouped by domain (`users`, `recordings`, `audit_log`).
+//! Personal values are stored sealed (encrypted) or as HMAC lookup digests, never in clear.
+//! Methods are blocking: async code calls them through `Catalog::call` (a blocking thread), so
+//! no runtime thread waits on SQLite and no `await` happens while the connection is borrowed.
+
+mod audit_log;
+mod migrations;
+pub mod recordings;
+pub mod users;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
+
+use crate::audit::AuditReceipt;
+use crate::audit::chain::{AuditDraft, AuditEntry};
+
+/// Why the catalog refused.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("cannot open the catalog {}: {source}", .path.display())]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error(
+        "catalog schema version {found} is newer than this build knows ({known}); refusing to touch it"
+    )]
+    FutureSchema { found: i64, known: i64 },
+    #[error("catalog query failed ({what}): {source}")]
+    Sql {
+        what: &'static str,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("catalog row is corrupt ({what})")]
+    Corrupt { what: String },
+    #[error("the catalog task failed: {0}")]
+    Task(String),
+}
+
+pub(crate) fn sql(what: &'static str) -> impl FnOnce(rusqlite::Error) -> CatalogError {
+    move |source| CatalogError::Sql { what, source }
+}
+
+/// A handle on the catalog database. Cheap to clone.
+#[derive(Clone)]
+pub struct Catalog {
+    /// One connection, serialised: SQLite has one writer anyway, and `synchronous=FULL`
+    /// commits are the durability point of every acknowledged action.
+    conn: Arc<Mutex<Connection>>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Catalog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Catalog").field("path", &self.path).finish()
+    }
+}
+
+impl Catalog {
+    /// Opens (creating if needed) the catalog at `path` and migrates it to the current schema.
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "this is catalog::open, which sets the pragmas"
+    )]
+    pub fn open(path: &Path) -> Result<Catalog, CatalogError> {
+        let open_error = |source| CatalogError::Open {
+            path: path.to_owned(),
+            source,
+        };
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags).map_err(open_error)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(open_error)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = FULL;
+             PRAGMA secure_delete = ON;
+             PRAGMA foreign_keys = ON;
+             PRAGMA trusted_schema = OFF;",
+        )
+        .map_err(open_error)?;
+        let mut conn = conn;
+        migrations::migrate(&mut conn)?;
+        restrict_mode(path);
+        Ok(Catalog {
+            conn: Arc::new(Mutex::new(conn)),
+            path: path.to_owned(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs blocking catalog work on a blocking thread.
+    pub async fn call<T, F>(&self, work: F) -> Result<T, CatalogError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Catalog) -> Result<T, CatalogError> + Send + 'static,
+    {
+        let catalog = self.clone();
+        match tokio::task::spawn_blocking(move || work(&catalog)).await {
+            Ok(result) => result,
+            Err(join) => Err(CatalogError::Task(join.to_string())),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        self.conn
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Runs `work` in one `BEGIN IMMEDIATE` transaction: all of it commits, or none.
+    pub(crate) fn write<T>(
+        &self,
+        work: impl FnOnce(&Transaction<'_>) -> Result<T, CatalogError>,
+    ) -> Result<T, CatalogError> {
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql("begin"))?;
+        let value = work(&tx)?;
+        tx.commit().map_err(sql("commit"))?;
+        Ok(value)
+    }
+
+    /// Runs read-only `work` on a consistent snapshot.
+    pub(crate) fn read<T>(
+        &self,
+        work: impl FnOnce(&Connection) -> Result<T, CatalogError>,
+    ) -> Result<T, CatalogError> {
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Deferred)
+            .map_err(sql("begin read"))?;
+        let value = work(&tx)?;
+        tx.finish().map_err(sql("end read"))?;
+        Ok(value)
+    }
+
+    /// Appends one audit entry in its own transaction. The receipt proves it is committed.
+    pub fn audit(
+        &self,
+        draft: AuditDraft,
+        at: jiff::Timestamp,
+    ) -> Result<AuditReceipt, CatalogError> {
+        let seq = self.write(|tx| audit_log::append(tx, draft, at))?;
+        Ok(AuditReceipt::committed(seq))
+    }
+
+    /// Entries with `seq > after`, oldest first.
+    pub fn audit_batch(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, CatalogError> {
+        self.read(|conn| audit_log::batch(conn, after, limit))
+    }
+
+    /// Entries matching a filter, oldest first, for the API and `audit export`.
+    pub fn audit_query(
+        &self,
+        filter: &AuditFilter,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, CatalogError> {
+        self.read(|conn| audit_log::query(conn, filter, after, limit))
+    }
+
+    /// The (seq, hash) the chain starts after, once old entries have been pruned.
+    pub fn audit_anchor(&self) -> Result<Option<(u64, [u8; 32])>, CatalogError> {
+        self.read(audit_log::anchor)
+    }
+
+    /// Deletes audit entries older than `before` (retention.audit), keeping an anchor so the
+    /// rest of the chain still verifies. Returns how many were deleted.
+    pub fn prune_audit(&self, before: jiff::Timestamp) -> Result<u64, CatalogError> {
+        self.write(|tx| audit_log::prune(tx, before))
+    }
+
+    /// The newest entry's (seq, hash).
+    pub fn audit_head(&self) -> Result<Option<(u64, [u8; 32])>, CatalogError> {
+        self.read(audit_log::head)
+    }
+
+    /// Flushes the WAL into the database and truncates it, so that pages holding deleted keys
+    /// (already zeroed by `secure_delete`) do not survive in the log.
+    pub fn checkpoint(&self) -> Result<(), CatalogError> {
+        let conn = self.lock();
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .map_err(sql("wal checkpoint"))
+    }
+
+    /// The random index secret, wrapped; created on first use by `keyring_init`.
+    pub fn keyring_get(&self, name: &str) -> Result<Option<Vec<u8>>, CatalogError> {
+        self.read(|conn| {
+            let mut stmt = conn
+                .prepare("SELECT wrapped FROM keyring WHERE name = ?1")
+                .map_err(sql("keyring get"))?;
+            let mut rows = stmt.query([name]).map_err(sql("keyring get"))?;
+            match rows.next().map_err(sql("keyring get"))? {
+                Some(row) => Ok(Some(row.get(0).map_err(sql("keyring get"))?)),
+                None => Ok(None),
+            }
+        })
+    }
+
+    /// Stores `wrapped` under `name` unless a value exists; returns the stored value.
+    pub fn keyring_init(&self, name: &str, wrapped: &[u8]) -> Result<Vec<u8>, CatalogError> {
+        self.write(|tx| {
+            tx.execute(
+                "INSERT OR IGNORE INTO keyring (name, wrapped) VALUES (?1, ?2)",
+                rusqlite::params![name, wrapped],
+            )
+            .map_err(sql("keyring init"))?;
+            tx.query_row(
+                "SELECT wrapped FROM keyring WHERE name = ?1",
+                [name],
+                |row| row.get(0),
+            )
+            .map_err(sql("keyring init"))
+        })
+    }
+}
+
+/// Filters of `GET /v1/audit` and `audit export`.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub from: Option<jiff::Timestamp>,
+    pub to: Option<jiff::Timestamp>,
+    pub actor: Option<String>,
+    pub action: Option<String>,
+}
+
+/// The catalog and its WAL hold wrapped keys and digests: owner-only.
+fn restrict_mode(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        let _ =
+            std::fs::set_permissions(PathBuf::from(name), std::fs::Permissions::from_mode(0o600));
+    }
+}
+
+/// Unix seconds for storage.
+pub(crate) fn secs(at: jiff::Timestamp) -> i64 {
+    at.as_second()
+}
+
+/// Back from storage.
+pub(crate) fn from_secs(value: i64) -> Result<jiff::Timestamp, CatalogError> {
+    jiff::Timestamp::from_second(value).map_err(|_| CatalogError::Corrupt {
+        what: format!("timestamp {value}"),
+    })
+}
+
+/// A 32-byte digest column.
+pub(crate) fn digest(bytes: Vec<u8>, what: &str) -> Result<[u8; 32], CatalogError> {
+    bytes.try_into().map_err(|_| CatalogError::Corrupt {
+        what: format!("{what} is not 32 bytes"),
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::audit::chain::Outcome;
+
+    pub(crate) fn open_temp() -> (tempfile::TempDir, Catalog) {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = Catalog::open(&dir.path().join("catalog.sqlite")).unwrap();
+        (dir, catalog)
+    }
+
+    pub(crate) fn at(secs: i64) -> jiff::Timestamp {
+        jiff::Timestamp::from_second(secs).unwrap()
+    }
+
+    #[test]
+    fn pragmas_are_set() {
+        let (_dir, catalog) = open_temp();
+        let conn = catalog.lock();
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        let secure: i64 = conn
+            .query_row("PRAGMA secure_delete", [], |r| r.get(0))
+            .unwrap();
+        let fk: i64 = conn
+            .query_row("PRAGMA foreign_keys", [], |r| r.get(0))
+            .unwrap();
+        let sync: i64 = conn
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!((mode.as_str(), secure, fk, sync), ("wal", 1, 1, 2));
+    }
+
+    #[test]
+    fn reopening_keeps_data_and_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("catalog.sqlite");
+        let catalog = Catalog::open(&path).unwrap();
+        catalog
+            .audit(AuditDraft::system("test", "x"), at(1_800_000_000))
+            .unwrap();
+        drop(catalog);
+        let catalog = Catalog::open(&path).unwrap();
+        assert_eq!(catalog.audit_batch(0, 10).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_failed_transaction_leaves_no_audit_entry() {
+        let (_dir, catalog) = open_temp();
+        let result: Result<(), CatalogError> = catalog.write(|tx| {
+            audit_log::append(
+                tx,
+                AuditDraft::new("a", "dpo", "recording.delete", "x", Outcome::Allowed),
+                at(1),
+            )?;
+            Err(CatalogError::Corrupt {
+                what: "simulated failure after the entry".into(),
+            })
+        });
+        assert!(result.is_err());
+        assert!(catalog.audit_batch(0, 10).unwrap().is_empty());
+    }
+}
+
+impl Catalog {
+    /// Applies `rewrap(context, wrapped) -> new wrapped` to every stored wrapped key (keyring
+    /// entries, recording keys, and any other sealed object's key), in one transaction, audited.
+    pub fn rewrap_all_keys(
+        &self,
+        rewrap: &dyn Fn(&[u8], &[u8]) -> Result<Vec<u8>, crate::vault::keys::KeyError>,
+        actor: &str,
+        now: jiff::Timestamp,
+    ) -> Result<u64, crate::keyring::KeyringError> {
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql("begin"))?;
+        let mut n = 0u64;
+        for (table, key_column, context_sql) in KEY_TABLES {
+            let rows: Vec<(String, Vec<u8>)> = {
+                let mut stmt = tx
+                    .prepare(&format!(
+                        "SELECT rowid, {context_sql}, {key_column} FROM {table}"
+                    ))
+                    .map_err(sql("key rotation read"))?;
+                let mapped = stmt
+                    .query_map([], |row| {
+                        Ok((
+                            row.get::<_, i64>(0)?,
+                            row.get::<_, String>(1)?,
+                            row.get::<_, Vec<u8>>(2)?,
+                        ))
+                    })
+                    .map_err(sql("key rotation read"))?;
+                let mut out = Vec::new();
+                for row in mapped {
+                    let (rowid, context, wrapped) = row.map_err(sql("key rotation read"))?;
+                    out.push((format!("{rowid}\u{0}{context}"), wrapped));
+                }
+                out
+            };
+            for (tagged, wrapped) in rows {
+                let (rowid, context) = tagged.split_once('\u{0}').unwrap_or(("0", ""));
+                let new = rewrap(context.as_bytes(), &wrapped)
+                    .map_err(crate::keyring::KeyringError::Key)?;
+                tx.execute(
+                    &format!("UPDATE {table} SET {key_column} = ?1 WHERE rowid = ?2"),
+                    rusqlite::params![new, rowid],
+                )
+                .map_err(sql("key rotation write"))?;
+                n += 1;
+            }
+        }
+        audit_log::append(
+            &tx,
+            AuditDraft::new(
+                actor,
+                "",
+                "keys.rotate",
+                "",
+                crate::audit::chain::Outcome::Allowed,
+            )
+            .detail(format!("{n} keys re-wrapped")),
+            now,
+        )?;
+        tx.commit().map_err(sql("commit"))?;
+        Ok(n)
+    }
+}
+
+/// Every table holding a wrapped key: (table, key column, SQL expression of the wrap context).
+const KEY_TABLES: &[(&str, &str, &str)] = &[
+    ("keyring", "wrapped", "'callguard index secret'"),
+    ("recordings", "wrapped_key", "id"),
+];

@@ -1,0 +1,615 @@
+//! SQL of recordings and tombstones. A row holds the wrapped data key, the sealed personal
+//! metadata and HMAC digests for lookups: no number, call id or account in clear. Deleting a
+//! row (crypto-shredding) leaves a tombstone with id, time and reason only.
+
+use rusqlite::{OptionalExtension, Row, Transaction, params};
+
+use crate::audit::AuditReceipt;
+use crate::audit::chain::AuditDraft;
+use crate::catalog::{Catalog, CatalogError, audit_log, digest, from_secs, secs, sql};
+use crate::vault::BlobId;
+
+/// What the probe learnt about the audio.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AudioFacts {
+    pub container: String,
+    pub codec: String,
+    pub sample_rate: u32,
+    pub channels: u16,
+    pub n_frames: u64,
+    pub duration_ms: u64,
+}
+
+/// Whether the blob is where it should be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordingState {
+    /// The row exists but the blob was not found at start-up (reported, never dropped).
+    Missing,
+    Stored,
+}
+
+impl RecordingState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordingState::Missing => "missing",
+            RecordingState::Stored => "stored",
+        }
+    }
+}
+
+/// A recording as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordingRow {
+    pub id: BlobId,
+    pub call_id_hmac: [u8; 32],
+    pub caller_hmac: Option<[u8; 32]>,
+    pub callee_hmac: Option<[u8; 32]>,
+    pub account_hmac: Option<[u8; 32]>,
+    pub operator_hmac: Option<[u8; 32]>,
+    /// Alarm case id (not personal data: an opaque id).
+    pub alarm_case: Option<String>,
+    pub direction: String,
+    pub started_at: jiff::Timestamp,
+    pub retain_until: jiff::Timestamp,
+    pub ingested_at: jiff::Timestamp,
+    pub state: RecordingState,
+    pub audio: AudioFacts,
+    /// Plaintext size in bytes.
+    pub size: u64,
+    pub sha256: [u8; 32],
+    pub wrapped_key: Vec<u8>,
+    pub sealed_meta: Vec<u8>,
+    /// A deletion (objection, erasure) waiting for the last hold's release: its reason.
+    pub pending_deletion: Option<String>,
+}
+
+/// What a deleted recording leaves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tombstone {
+    pub id: BlobId,
+    pub deleted_at: jiff::Timestamp,
+    pub reason: String,
+}
+
+/// Result of looking a recording up by id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    Deleted(Tombstone),
+    Found(Box<RecordingRow>),
+    NotFound,
+}
+
+/// Result of an insert.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inserted {
+    /// A recording with the same call id exists already.
+    Duplicate(Box<RecordingRow>),
+    New(AuditReceipt),
+}
+
+/// Search filters; digests are HMACs of normalised values.
+#[derive(Debug, Clone, Default)]
+pub struct RecordingFilter {
+    pub from: Option<jiff::Timestamp>,
+    pub to: Option<jiff::Timestamp>,
+    pub account_hmac: Option<[u8; 32]>,
+    pub caller_hmac: Option<[u8; 32]>,
+    pub operator_hmac: Option<[u8; 32]>,
+    pub call_id_hmac: Option<[u8; 32]>,
+    pub alarm_case: Option<String>,
+}
+
+/// Position in a newest-first listing: the last row's (started_at, id).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordingCursor {
+    pub started_at: jiff::Timestamp,
+    pub id: BlobId,
+}
+
+const COLUMNS: &str = "id, call_id_hmac, caller_hmac, callee_hmac, account_hmac, operator_hmac, alarm_case, \
+     direction, started_at, retain_until, ingested_at, state, container, codec, sample_rate, channels, \
+     n_frames, duration_ms, size, sha256, wrapped_key, sealed_meta, pending_deletion";
+
+fn opt_digest(value: Option<Vec<u8>>, what: &str) -> Result<Option<[u8; 32]>, CatalogError> {
+    match value {
+        Some(bytes) => Ok(Some(digest(bytes, what)?)),
+        None => Ok(None),
+    }
+}
+
+/// Raw column values, converted outside rusqlite's closure so errors keep their type.
+struct RawRow {
+    id: String,
+    call_id_hmac: Vec<u8>,
+    caller_hmac: Option<Vec<u8>>,
+    callee_hmac: Option<Vec<u8>>,
+    account_hmac: Option<Vec<u8>>,
+    operator_hmac: Option<Vec<u8>>,
+    alarm_case: Option<String>,
+    direction: String,
+    started_at: i64,
+    retain_until: i64,
+    ingested_at: i64,
+    state: String,
+    container: String,
+    codec: String,
+    sample_rate: i64,
+    channels: i64,
+    n_frames: i64,
+    duration_ms: i64,
+    size: i64,
+    sha256: Vec<u8>,
+    wrapped_key: Vec<u8>,
+    sealed_meta: Vec<u8>,
+    pending_deletion: Option<String>,
+}
+
+fn raw_row(row: &Row<'_>) -> rusqlite::Result<RawRow> {
+    Ok(RawRow {
+        id: row.get(0)?,
+        call_id_hmac: row.get(1)?,
+        caller_hmac: row.get(2)?,
+        callee_hmac: row.get(3)?,
+        account_hmac: row.get(4)?,
+        operator_hmac: row.get(5)?,
+        alarm_case: row.get(6)?,
+        direction: row.get(7)?,
+        started_at: row.get(8)?,
+        retain_until: row.get(9)?,
+        ingested_at: row.get(10)?,
+        state: row.get(11)?,
+        container: row.get(12)?,
+        codec: row.get(13)?,
+        sample_rate: row.get(14)?,
+        channels: row.get(15)?,
+        n_frames: row.get(16)?,
+        duration_ms: row.get(17)?,
+        size: row.get(18)?,
+        sha256: row.get(19)?,
+        wrapped_key: row.get(20)?,
+        sealed_meta: row.get(21)?,
+        pending_deletion: row.get(22)?,
+    })
+}
+
+impl RawRow {
+    fn into_row(self) -> Result<RecordingRow, CatalogError> {
+        let corrupt = |what: &str| CatalogError::Corrupt {
+            what: format!("recording {}: {what}", self.id),
+        };
+        let id = BlobId::parse(&self.id).ok_or_else(|| corrupt("id"))?;
+        let state = match self.state.as_str() {
+            "stored" => RecordingState::Stored,
+            "missing" => RecordingState::Missing,
+            _ => return Err(corrupt("state")),
+        };
+        Ok(RecordingRow {
+            id,
+            call_id_hmac: digest(self.call_id_hmac, "call_id_hmac")?,
+            caller_hmac: opt_digest(self.caller_hmac, "caller_hmac")?,
+            callee_hmac: opt_digest(self.callee_hmac, "callee_hmac")?,
+            account_hmac: opt_digest(self.account_hmac, "account_hmac")?,
+            operator_hmac: opt_digest(self.operator_hmac, "operator_hmac")?,
+            alarm_case: self.alarm_case,
+            direction: self.direction,
+            started_at: from_secs(self.started_at)?,
+            retain_until: from_secs(self.retain_until)?,
+            ingested_at: from_secs(self.ingested_at)?,
+            state,
+            audio: AudioFacts {
+                container: self.container,
+                codec: self.codec,
+                sample_rate: u32::try_from(self.sample_rate).map_err(|_| corrupt("sample_rate"))?,
+                channels: u16::try_from(self.channels).map_err(|_| corrupt("channels"))?,
+                n_frames: u64::try_from(self.n_frames).map_err(|_| corrupt("n_frames"))?,
+                duration_ms: u64::try_from(self.duration_ms).map_err(|_| corrupt("duration_ms"))?,
+            },
+            size: u64::try_from(self.size).map_err(|_| corrupt("size"))?,
+            sha256: digest(self.sha256, "sha256")?,
+            wrapped_key: self.wrapped_key,
+            sealed_meta: self.sealed_meta,
+            pending_deletion: self.pending_deletion,
+        })
+    }
+}
+
+fn collect(
+    rows: impl Iterator<Item = rusqlite::Result<RawRow>>,
+) -> Result<Vec<RecordingRow>, CatalogError> {
+    let mut out = Vec::new();
+    for row in rows {
+        out.push(row.map_err(sql("recording row"))?.into_row()?);
+    }
+    Ok(out)
+}
+
+fn by_call(
+    tx: &rusqlite::Connection,
+    call_id_hmac: &[u8; 32],
+) -> Result<Option<RecordingRow>, CatalogError> {
+    let raw = tx
+        .query_row(
+            &format!("SELECT {COLUMNS} FROM recordings WHERE call_id_hmac = ?1"),
+            [call_id_hmac.as_slice()],
+            raw_row,
+        )
+        .optional()
+        .map_err(sql("recording by call id"))?;
+    match raw {
+        Some(raw) => Ok(Some(raw.into_row()?)),
+        None => Ok(None),
+    }
+}
+
+/// Deletes the row (and with it the wrapped key) and writes the tombstone, in `tx`.
+pub(crate) fn shred_in(
+    tx: &Transaction<'_>,
+    id: &BlobId,
+    reason: &str,
+    now: jiff::Timestamp,
+) -> Result<bool, CatalogError> {
+    let n = tx
+        .execute("DELETE FROM recordings WHERE id = ?1", [id.to_string()])
+        .map_err(sql("recording delete"))?;
+    if n == 0 {
+        return Ok(false);
+    }
+    tx.execute(
+        "INSERT OR REPLACE INTO tombstones (id, deleted_at, reason) VALUES (?1, ?2, ?3)",
+        params![id.to_string(), secs(now), reason],
+    )
+    .map_err(sql("tombstone"))?;
+    Ok(true)
+}
+
+impl Catalog {
+    /// Commits a new recording and its audit entry, unless its call id exists already.
+    pub fn insert_recording(
+        &self,
+        row: &RecordingRow,
+        audit: AuditDraft,
+        now: jiff::Timestamp,
+    ) -> Result<Inserted, CatalogError> {
+        let outcome = self.write(|tx| {
+            if let Some(existing) = by_call(tx, &row.call_id_hmac)? {
+                return Ok(Err(existing));
+            }
+            tx.execute(
+                &format!(
+                    "INSERT INTO recordings ({COLUMNS}) VALUES \
+                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)"
+                ),
+                params![
+                    row.id.to_string(),
+                    row.call_id_hmac.as_slice(),
+                    row.caller_hmac.as_ref().map(|d| d.as_slice()),
+                    row.callee_hmac.as_ref().map(|d| d.as_slice()),
+                    row.account_hmac.as_ref().map(|d| d.as_slice()),
+                    row.operator_hmac.as_ref().map(|d| d.as_slice()),
+                    row.alarm_case,
+                    row.direction,
+                    secs(row.started_at),
+                    secs(row.retain_until),
+                    secs(row.ingested_at),
+                    row.state.as_str(),
+                    row.audio.container,
+                    row.audio.codec,
+                    i64::from(row.audio.sample_rate),
+                    i64::from(row.audio.channels),
+                    row.audio.n_frames as i64,
+                    row.audio.duration_ms as i64,
+                    row.size as i64,
+                    row.sha256.as_slice(),
+                    row.wrapped_key,
+                    row.sealed_meta,
+                    row.pending_deletion,
+                ],
+            )
+            .map_err(sql("recording insert"))?;
+            let seq = audit_log::append(tx, audit, now)?;
+            Ok(Ok(seq))
+        })?;
+        match outcome {
+            Ok(seq) => Ok(Inserted::New(AuditReceipt::committed(seq))),
+            Err(existing) => Ok(Inserted::Duplicate(Box::new(existing))),
+        }
+    }
+
+    /// A recording, its tombstone, or nothing.
+    pub fn recording(&self, id: &BlobId) -> Result<Lookup, CatalogError> {
+        self.read(|conn| {
+            let raw = conn
+                .query_row(
+                    &format!("SELECT {COLUMNS} FROM recordings WHERE id = ?1"),
+                    [id.to_string()],
+                    raw_row,
+                )
+                .optional()
+                .map_err(sql("recording get"))?;
+            if let Some(raw) = raw {
+                return Ok(Lookup::Found(Box::new(raw.into_row()?)));
+            }
+            let tomb: Option<(i64, String)> = conn
+                .query_row(
+                    "SELECT deleted_at, reason FROM tombstones WHERE id = ?1",
+                    [id.to_string()],
+                    |row| Ok((row.get(0)?, row.get(1)?)),
+                )
+                .optional()
+                .map_err(sql("tombstone get"))?;
+            match tomb {
+                Some((deleted_at, reason)) => Ok(Lookup::Deleted(Tombstone {
+                    id: *id,
+                    deleted_at: from_secs(deleted_at)?,
+                    reason,
+                })),
+                None => Ok(Lookup::NotFound),
+            }
+        })
+    }
+
+    /// The recording with this call id digest, if any.
+    pub fn recording_by_call(
+        &self,
+        call_id_hmac: &[u8; 32],
+    ) -> Result<Option<RecordingRow>, CatalogError> {
+        self.read(|conn| by_call(conn, call_id_hmac))
+    }
+
+    /// Newest first, after `cursor`, at most `limit` rows.
+    pub fn search_recordings(
+        &self,
+        filter: &RecordingFilter,
+        cursor: Option<RecordingCursor>,
+        limit: usize,
+    ) -> Result<Vec<RecordingRow>, CatalogError> {
+        self.read(|conn| {
+            let mut stmt = conn
+                .prepare(&format!(
+                    "SELECT {COLUMNS} FROM recordings
+                     WHERE (?1 IS NULL OR started_at >= ?1) AND (?2 IS NULL OR started_at < ?2)
+                       AND (?3 IS NULL OR account_hmac = ?3) AND (?4 IS NULL OR caller_hmac = ?4)
+                       AND (?5 IS NULL OR operator_hmac = ?5) AND (?6 IS NULL OR call_id_hmac = ?6)
+                       AND (?7 IS NULL OR alarm_case = ?7)
+                       AND (?8 IS NULL OR started_at < ?8 OR (started_at = ?8 AND id < ?9))
+                     ORDER BY started_at DESC, id DESC LIMIT ?10"
+                ))
+                .map_err(sql("recording search"))?;
+            let rows = stmt
+                .query_map(
+                    params![
+                        filter.from.map(secs),
+                        filter.to.map(secs),
+                        filter.account_hmac.as_ref().map(|d| d.as_slice()),
+                        filter.caller_hmac.as_ref().map(|d| d.as_slice()),
+                        filter.operator_hmac.as_ref().map(|d| d.as_slice()),
+                        filter.call_id_hmac.as_ref().map(|d| d.as_slice()),
+                        filter.alarm_case,
+                        cursor.map(|c| secs(c.started_at)),
+                        cursor.map(|c| c.id.to_string()),
+                        limit as i64,
+                    ],
+                    raw_row,
+                )
+                .map_err(sql("recording search"))?;
+            collect(rows)
+        })
+    }
+
+    /// Crypto-shreds one recording's catalog side: row and wrapped key deleted, tombstone
+    /// written, audit appended, in one transaction. The caller then unlinks the blob and
+    /// checkpoints. Returns false if there was no such row.
+    pub fn shred_recording(
+        &self,
+        id: &BlobId,
+        reason: &str,
+        audit: AuditDraft,
+        now: jiff::Timestamp,
+    ) -> Result<bool, CatalogError> {
+        self.write(|tx| {
+            let deleted = shred_in(tx, id, reason, now)?;
+            if deleted {
+                audit_log::append(tx, audit, now)?;
+            }
+            Ok(deleted)
+        })
+    }
+
+    /// Marks a recording's blob as found or missing (start-up reconciliation).
+    pub fn set_recording_state(
+        &self,
+        id: &BlobId,
+        state: RecordingState,
+    ) -> Result<(), CatalogError> {
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE recordings SET state = ?2 WHERE id = ?1",
+                params![id.to_string(), state.as_str()],
+            )
+            .map_err(sql("recording state"))?;
+            Ok(())
+        })
+    }
+
+    /// Every recording id with its state, for start-up reconciliation.
+    pub fn recording_states(&self) -> Result<Vec<(BlobId, RecordingState)>, CatalogError> {
+        self.read(|conn| {
+            let mut stmt = conn
+                .prepare("SELECT id, state FROM recordings ORDER BY id")
+                .map_err(sql("recording ids"))?;
+            let rows = stmt
+                .query_map([], |row| {
+                    Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+                })
+                .map_err(sql("recording ids"))?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (id, state) = row.map_err(sql("recording ids"))?;
+                let id = BlobId::parse(&id).ok_or_else(|| CatalogError::Corrupt {
+                    what: format!("recording id `{id}`"),
+                })?;
+                let state = match state.as_str() {
+                    "missing" => RecordingState::Missing,
+                    _ => RecordingState::Stored,
+                };
+                out.push((id, state));
+            }
+            Ok(out)
+        })
+    }
+
+    /// (stored, missing, tombstones) counts.
+    pub fn recording_counts(&self) -> Result<(u64, u64, u64), CatalogError> {
+        self.read(|conn| {
+            let count = |query: &str| -> Result<u64, CatalogError> {
+                conn.query_row(query, [], |row| row.get::<_, i64>(0))
+                    .map(|n| n as u64)
+                    .map_err(sql("recording counts"))
+            };
+            Ok((
+                count("SELECT count(*) FROM recordings WHERE state = 'stored'")?,
+                count("SELECT count(*) FROM recordings WHERE state = 'missing'")?,
+                count("SELECT count(*) FROM tombstones")?,
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use crate::audit::chain::Outcome;
+    use crate::catalog::tests::{at, open_temp};
+
+    use super::*;
+
+    pub(crate) fn row(call: u8, started: i64) -> RecordingRow {
+        RecordingRow {
+            id: BlobId::generate(),
+            call_id_hmac: [call; 32],
+            caller_hmac: Some([1; 32]),
+            callee_hmac: None,
+            account_hmac: Some([2; 32]),
+            operator_hmac: None,
+            alarm_case: None,
+            direction: "inbound".into(),
+            started_at: at(started),
+            retain_until: at(started + 1000),
+            ingested_at: at(started + 1),
+            state: RecordingState::Stored,
+            audio: AudioFacts {
+                container: "wav".into(),
+                codec: "pcm_mulaw".into(),
+                sample_rate: 8000,
+                channels: 1,
+                n_frames: 8000,
+                duration_ms: 1000,
+            },
+            size: 8044,
+            sha256: [call; 32],
+            wrapped_key: vec![0; 60],
+            sealed_meta: vec![1; 40],
+            pending_deletion: None,
+        }
+    }
+
+    fn draft() -> AuditDraft {
+        AuditDraft::new(
+            "recorder",
+            "recorder",
+            "recording.ingest",
+            "",
+            Outcome::Allowed,
+        )
+    }
+
+    #[test]
+    fn insert_lookup_duplicate_and_shred() {
+        let (_dir, catalog) = open_temp();
+        let first = row(1, 100);
+        assert!(matches!(
+            catalog.insert_recording(&first, draft(), at(5)).unwrap(),
+            Inserted::New(_)
+        ));
+        let again = row(1, 200);
+        match catalog.insert_recording(&again, draft(), at(6)).unwrap() {
+            Inserted::Duplicate(existing) => assert_eq!(existing.id, first.id),
+            Inserted::New(_) => panic!("duplicate call id accepted"),
+        }
+        assert_eq!(
+            catalog.recording(&first.id).unwrap(),
+            Lookup::Found(Box::new(first.clone()))
+        );
+        assert_eq!(catalog.recording(&again.id).unwrap(), Lookup::NotFound);
+        assert!(
+            catalog
+                .shred_recording(
+                    &first.id,
+                    "retention",
+                    AuditDraft::system("recording.purge", ""),
+                    at(7)
+                )
+                .unwrap()
+        );
+        match catalog.recording(&first.id).unwrap() {
+            Lookup::Deleted(tomb) => assert_eq!(
+                (tomb.reason.as_str(), tomb.deleted_at),
+                ("retention", at(7))
+            ),
+            other => panic!("expected a tombstone, got {other:?}"),
+        }
+        assert_eq!(catalog.recording_counts().unwrap(), (0, 0, 1));
+        catalog.checkpoint().unwrap();
+    }
+
+    #[test]
+    fn search_pages_newest_first_with_a_cursor() {
+        let (_dir, catalog) = open_temp();
+        for n in 0..25u8 {
+            catalog
+                .insert_recording(&row(n, 1000 + i64::from(n) / 2), draft(), at(5))
+                .unwrap();
+        }
+        let mut seen = Vec::new();
+        let mut cursor = None;
+        loop {
+            let page = catalog
+                .search_recordings(&RecordingFilter::default(), cursor, 10)
+                .unwrap();
+            if page.is_empty() {
+                break;
+            }
+            let last = page.last().unwrap();
+            cursor = Some(RecordingCursor {
+                started_at: last.started_at,
+                id: last.id,
+            });
+            seen.extend(page);
+        }
+        assert_eq!(seen.len(), 25);
+        assert!(
+            seen.windows(2)
+                .all(|w| (w[0].started_at, w[0].id) > (w[1].started_at, w[1].id))
+        );
+        let filtered = RecordingFilter {
+            from: Some(at(1010)),
+            ..RecordingFilter::default()
+        };
+        assert_eq!(
+            catalog
+                .search_recordings(&filtered, None, 100)
+                .unwrap()
+                .len(),
+            5
+        );
+        let other_caller = RecordingFilter {
+            caller_hmac: Some([9; 32]),
+            ..RecordingFilter::default()
+        };
+        assert!(
+            catalog
+                .search_recordings(&other_caller, None, 100)
+                .unwrap()
+                .is_empty()
+        );
+    }
+}

@@ -1,0 +1,237 @@
+//! Administrative commands: init, check-config, users, audit verify/export, key rotation,
+//! report, purge, quarantine. Each one opens the catalog itself (the service may be running:
+//! SQLite serialises writers) and audits as `local:<unix user>`.
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+
+use crate::access::Role;
+use crate::catalog::users::UserChange;
+use crate::catalog::{AuditFilter, Catalog};
+use crate::cli::{AuditCommand, Command, KeysCommand, QuarantineCommand, UserCommand, dev};
+use crate::clock::SharedClock;
+use crate::config::Config;
+use crate::keyring::Keyring;
+use crate::vault::Vault;
+use crate::vault::keys::MasterKey;
+
+pub(super) fn run(
+    command: Command,
+    config: Config,
+    is_dev: bool,
+    clock: SharedClock,
+) -> anyhow::Result<ExitCode> {
+    let actor = format!("local:{}", crate::config::unix_user_name());
+    match command {
+        Command::Serve { .. } => bail!("invariant: serve is handled by cli::run"),
+        Command::Init => init(&config, &actor, &clock, is_dev),
+        Command::CheckConfig => {
+            config.check_environment(true)?;
+            println!("{}: configuration is valid", config.source.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::User { command } => {
+            let catalog = open_catalog(&config)?;
+            match command {
+                UserCommand::Add { cn, role } => {
+                    let parsed = Role::parse(&role).with_context(|| {
+                        let names: Vec<&str> = Role::ALL.iter().map(|r| r.as_str()).collect();
+                        format!("unknown role `{role}` (one of {})", names.join(", "))
+                    })?;
+                    validate_cn(&cn)?;
+                    match catalog.user_add(&cn, parsed, &actor, clock.now())? {
+                        UserChange::Added => println!("added {cn} with role {parsed}"),
+                        UserChange::RoleChanged { from } => {
+                            println!("changed {cn}: role {from} -> {parsed}")
+                        }
+                        UserChange::Unchanged => println!("{cn} already has role {parsed}"),
+                    }
+                }
+                UserCommand::List => {
+                    for user in catalog.user_list()? {
+                        println!(
+                            "{}\t{}\t{}",
+                            user.cn,
+                            user.role,
+                            crate::audit::chain::format_time(user.created_at)
+                        );
+                    }
+                }
+                UserCommand::Remove { cn } => {
+                    match catalog.user_remove(&cn, &actor, clock.now())? {
+                        true => println!("removed {cn}"),
+                        false => bail!("no user with CN `{cn}`"),
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit { command } => {
+            let catalog = open_catalog(&config)?;
+            match command {
+                AuditCommand::Verify => match crate::audit::verify(&catalog) {
+                    Ok((n, head)) => {
+                        let head = head
+                            .map(|(seq, hash)| format!("{seq}:{}", hex::encode(hash)))
+                            .unwrap_or_else(|| "empty".into());
+                        println!("audit chain intact: {n} entries verified, head {head}");
+                        Ok(ExitCode::SUCCESS)
+                    }
+                    Err(error) => Err(anyhow::Error::new(error).context("audit chain broken")),
+                },
+                AuditCommand::Export { from, to } => {
+                    let filter = AuditFilter {
+                        from,
+                        to,
+                        actor: None,
+                        action: None,
+                    };
+                    let mut after = 0;
+                    loop {
+                        let batch = catalog.audit_query(&filter, after, 1000)?;
+                        let Some(last) = batch.last() else { break };
+                        after = last.seq;
+                        for entry in &batch {
+                            println!("{}", crate::audit::entry_json(entry));
+                        }
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+            }
+        }
+        Command::Keys {
+            command: KeysCommand::Rotate { new_key },
+        } => rotate(&config, &new_key, &actor, &clock),
+        Command::Report => report(&config),
+        Command::Purge { .. } => {
+            bail!("purge is not available in this version (retention engine pending)")
+        }
+        Command::Quarantine {
+            command: QuarantineCommand::List,
+        } => {
+            bail!("quarantine is not available in this version (spool ingest pending)")
+        }
+    }
+}
+
+fn open_catalog(config: &Config) -> anyhow::Result<Catalog> {
+    let path = config.catalog_path();
+    if !path.exists() {
+        bail!("no catalog at {} (run `callguard init`)", path.display());
+    }
+    Ok(Catalog::open(&path)?)
+}
+
+/// CNs are identifiers, not free text.
+fn validate_cn(cn: &str) -> anyhow::Result<()> {
+    if cn.is_empty() || cn.len() > 256 || cn.chars().any(char::is_control) {
+        bail!("`{cn}` is not a usable certificate CN (1–256 printable characters)");
+    }
+    Ok(())
+}
+
+fn init(
+    config: &Config,
+    actor: &str,
+    clock: &SharedClock,
+    is_dev: bool,
+) -> anyhow::Result<ExitCode> {
+    for (dir, mode) in [
+        (&config.storage.data_dir, 0o700),
+        (&config.ingest.spool_dir, 0o770),
+    ] {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let current = std::fs::metadata(dir)?.permissions().mode() & 0o777;
+        if current & 0o002 != 0 || (dir == &config.storage.data_dir && current & 0o077 != 0) {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+                .with_context(|| format!("cannot set the mode of {}", dir.display()))?;
+        }
+    }
+    let key_path = config.keys.master_key.path();
+    if let Some(parent) = key_path.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    let created = dev::write_master_key_if_absent(key_path)?;
+    let catalog = Catalog::open(&config.catalog_path())?;
+    Vault::open(&config.vault_dir())?;
+    let keyring =
+        Keyring::load(key_path, &catalog).context("the master key does not match the catalog")?;
+    drop(keyring);
+    catalog.audit(
+        crate::audit::chain::AuditDraft::new(
+            actor,
+            "",
+            "instance.init",
+            "",
+            crate::audit::chain::Outcome::Allowed,
+        ),
+        clock.now(),
+    )?;
+    match created {
+        true => println!("created master key {} (mode 0400)", key_path.display()),
+        false => println!("kept existing master key {}", key_path.display()),
+    }
+    println!("catalog {} ready", config.catalog_path().display());
+    if is_dev {
+        println!("development instance: run `callguard serve --dev`");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn rotate(
+    config: &Config,
+    new_key: &std::path::Path,
+    actor: &str,
+    clock: &SharedClock,
+) -> anyhow::Result<ExitCode> {
+    let _lock = crate::daemon::lock_data_dir(config)
+        .context("stop the service before rotating the master key")?;
+    crate::config::permissions::check_secret_file(new_key)
+        .map_err(|reason| anyhow::anyhow!("--new-key: {reason}"))?;
+    let catalog = open_catalog(config)?;
+    let old = MasterKey::load(config.keys.master_key.path())?;
+    let new = MasterKey::load(new_key)?;
+    let n = Keyring::rotate(&catalog, &old, &new, actor, clock.now())?;
+    catalog.checkpoint()?;
+    println!("re-wrapped {n} keys under the new master key; audio was not re-encrypted");
+    match &config.keys.master_key {
+        crate::config::KeySource::File(path) => {
+            let temp = path.with_extension("key.new-rotation");
+            std::fs::copy(new_key, &temp)
+                .with_context(|| format!("cannot write {}", temp.display()))?;
+            std::fs::set_permissions(&temp, std::fs::Permissions::from_mode(0o400))?;
+            std::fs::rename(&temp, path)
+                .with_context(|| format!("cannot replace {}", path.display()))?;
+            println!(
+                "installed the new key as {}; keep {} until the service runs with it",
+                path.display(),
+                new_key.display()
+            );
+        }
+        crate::config::KeySource::Credential(path) => {
+            println!(
+                "the master key comes from the systemd credential {}: re-encrypt the new key with \
+                 `systemd-creds encrypt --name=callguard-master.key` into the credential store before restarting",
+                path.display()
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn report(config: &Config) -> anyhow::Result<ExitCode> {
+    let catalog = open_catalog(config)?;
+    let vault = Vault::open(&config.vault_dir())?;
+    let (stored, missing, deleted) = catalog.recording_counts()?;
+    println!("recordings: {stored} stored, {missing} missing, {deleted} deleted (tombstones)");
+    println!("vault disk use: {} bytes", vault.disk_usage());
+    let head = catalog
+        .audit_head()?
+        .map(|(seq, hash)| format!("{seq}:{}", hex::encode(hash)))
+        .unwrap_or_else(|| "empty".into());
+    println!("audit head: {head}");
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,200 @@
+//! The command line (SPEC §2): clap definitions and one `run` that dispatches, prints errors once
+//! (`{:#}`) and chooses the exit code: 0 success, 1 failure with a one-line reason on stderr,
+//! 2 usage error. Administrative commands audit as `local:<unix user>`. Business logic lives in
+//! the domain modules; this module only calls them.
+
+mod admin;
+mod dev;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+
+use crate::clock::{SharedClock, SystemClock};
+use crate::config::{Config, DEFAULT_CONFIG_PATH};
+
+/// callguard: privacy gateway for call recordings.
+#[derive(Debug, Parser)]
+#[command(name = "callguard", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Configuration file.
+    #[arg(long, global = true, value_name = "FILE", default_value = DEFAULT_CONFIG_PATH)]
+    pub config: PathBuf,
+    /// Act on the embedded development instance under ./callguard-dev/.
+    #[arg(long, global = true)]
+    pub dev: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway.
+    Serve {
+        /// Listen address of the HTTPS API, overriding server.listen (port 0: any free port).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<std::net::SocketAddr>,
+        /// Listen address of the metrics endpoint, overriding metrics.listen.
+        #[arg(long, value_name = "ADDR")]
+        metrics_listen: Option<std::net::SocketAddr>,
+    },
+    /// Create directories, the catalog and (if absent) a master key with mode 0400. Idempotent.
+    Init,
+    /// Validate the configuration and say exactly what is wrong.
+    CheckConfig,
+    /// Map client-certificate CNs to roles.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// Run the retention engine once now.
+    Purge {
+        /// Print what would be deleted, and why others are kept, without deleting.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Retention report: recordings by state, next expiries, holds, objections, quarantine, disk use.
+    Report,
+    /// Audit log tools.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Master-key tools.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Recordings that could not be parsed.
+    Quarantine {
+        #[command(subcommand)]
+        command: QuarantineCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Register CN with a role (or change its role).
+    Add {
+        cn: String,
+        #[arg(long)]
+        role: String,
+    },
+    /// List registered CNs.
+    List,
+    /// Remove a CN.
+    Remove { cn: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Verify the hash chain; name the first bad entry.
+    Verify,
+    /// Print entries as JSON lines.
+    Export {
+        #[arg(long, value_name = "RFC3339")]
+        from: Option<jiff::Timestamp>,
+        #[arg(long, value_name = "RFC3339")]
+        to: Option<jiff::Timestamp>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Re-wrap every data key under a new master key, without re-encrypting audio.
+    Rotate {
+        #[arg(long, value_name = "FILE")]
+        new_key: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QuarantineCommand {
+    /// List quarantined files with the reason.
+    List,
+}
+
+/// Parses the command line, runs it, and maps the outcome to an exit code.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => error.exit(),
+    };
+    match run(cli) {
+        Ok(code) => code,
+        Err(error) => {
+            let message = format!("{error:#}").replace('\n', "; ");
+            eprintln!("callguard: {message}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let clock: SharedClock = Arc::new(SystemClock);
+    match cli.command {
+        Command::Serve {
+            listen,
+            metrics_listen,
+        } => {
+            init_tracing(true);
+            let (config, banner) = match cli.dev {
+                true => {
+                    let prepared = dev::prepare(&clock)?;
+                    (prepared.config, Some(prepared.banner))
+                }
+                false => (load(&cli.config)?, None),
+            };
+            let options = crate::daemon::ServeOptions {
+                listen,
+                metrics_listen,
+                banner,
+            };
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(crate::daemon::serve(config, options, clock))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        command => {
+            init_tracing(false);
+            let config = match cli.dev {
+                true => dev::config(),
+                false => load(&cli.config)?,
+            };
+            admin::run(command, config, cli.dev, clock)
+        }
+    }
+}
+
+/// Loads and validates the configuration file.
+fn load(path: &std::path::Path) -> anyhow::Result<Config> {
+    Ok(Config::load(path)?)
+}
+
+/// Logs go to stdout for the service (journald takes them), stderr at `warn` for commands.
+fn init_tracing(service: bool) {
+    use tracing_subscriber::EnvFilter;
+    let default = match service {
+        true => "info",
+        false => "warn",
+    };
+    let filter =
+        EnvFilter::try_from_env("CALLGUARD_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false);
+    let _ = match service {
+        true => builder
+            .with_ansi(std::io::stdout().is_terminal())
+            .with_writer(std::io::stdout)
+            .try_init(),
+        false => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_writer(std::io::stderr)
+            .try_init(),
+    };
+}

@@ -1,0 +1,325 @@
+//! The composition root of `serve`: builds every module from `Config`, runs start-up recovery
+//! (before READY), binds the listeners, starts every long-lived task under one
+//! `CancellationToken` and `TaskTracker`, talks to systemd (READY, WATCHDOG, STOPPING) and
+//! drains on SIGTERM with a deadline. The only place that spawns long-lived tasks; makes no
+//! domain decision.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::api::AppState;
+use crate::catalog::recordings::RecordingState;
+use crate::catalog::{Catalog, CatalogError};
+use crate::clock::SharedClock;
+use crate::config::{Config, ConfigErrors};
+use crate::keyring::{Keyring, KeyringError};
+use crate::metrics::Metrics;
+use crate::vault::{Vault, VaultError};
+
+/// How long in-flight work may take to finish after SIGTERM.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(20);
+
+/// Why the service could not start (or stopped).
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("{0}")]
+    Config(#[from] ConfigErrors),
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error(transparent)]
+    Keyring(#[from] KeyringError),
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+    #[error(transparent)]
+    Tls(#[from] crate::api::tls::TlsError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("another callguard process is using {0} (lock held)")]
+    Locked(String),
+    #[error("cannot lock {path}: {source}")]
+    Lock {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot install the signal handler: {0}")]
+    Signal(std::io::Error),
+}
+
+/// Status lines of background workers, shown by `/v1/status` and `callguard report`.
+#[derive(Clone, Default)]
+pub struct WorkerStatus {
+    inner: Arc<Mutex<StatusInner>>,
+}
+
+type ReceiverProbe = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
+
+#[derive(Default)]
+struct StatusInner {
+    lines: BTreeMap<String, String>,
+    receivers: Vec<ReceiverProbe>,
+}
+
+/// A copy of every status line.
+pub struct StatusSnapshot {
+    pub lines: BTreeMap<String, String>,
+    pub receivers: Vec<serde_json::Value>,
+}
+
+impl WorkerStatus {
+    /// Sets the status line of worker `name`.
+    pub fn set(&self, name: &str, line: impl Into<String>) {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner.lines.insert(name.to_owned(), line.into());
+    }
+
+    /// Registers a receiver whose state `probe` reports.
+    pub fn add_receiver(&self, probe: ReceiverProbe) {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner.receivers.push(probe);
+    }
+
+    pub fn snapshot(&self) -> StatusSnapshot {
+        let (lines, probes) = {
+            let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+            (inner.lines.clone(), inner.receivers.clone())
+        };
+        StatusSnapshot {
+            lines,
+            receivers: probes.iter().map(|probe| probe()).collect(),
+        }
+    }
+}
+
+/// Options of `serve` beyond the configuration file.
+#[derive(Default)]
+pub struct ServeOptions {
+    /// Overrides `server.listen` (tests use port 0).
+    pub listen: Option<SocketAddr>,
+    /// Overrides `metrics.listen`.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Lines printed to stdout once ready (the dev instance's curl examples).
+    pub banner: Option<Box<dyn Fn(SocketAddr) -> String + Send + Sync>>,
+}
+
+/// An exclusive lock on the data directory, held while the process runs.
+pub struct DataLock {
+    _file: std::fs::File,
+}
+
+/// Takes the data directory's lock, so that two instances (or `keys rotate` and a running
+/// service) never work on the same catalog at once.
+pub fn lock_data_dir(config: &Config) -> Result<DataLock, DaemonError> {
+    let path = config.storage.data_dir.join(".lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| DaemonError::Lock {
+            path: path.display().to_string(),
+            source,
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(DataLock { _file: file }),
+        Err(std::fs::TryLockError::WouldBlock) => Err(DaemonError::Locked(
+            config.storage.data_dir.display().to_string(),
+        )),
+        Err(std::fs::TryLockError::Error(source)) => Err(DaemonError::Lock {
+            path: path.display().to_string(),
+            source,
+        }),
+    }
+}
+
+/// What start-up recovery did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Recovery {
+    pub temp_removed: usize,
+    pub orphans_removed: usize,
+    pub missing: usize,
+    pub found_again: usize,
+}
+
+/// Reconciles the vault with the catalog: unfinished writes removed, blobs without a row
+/// (a crash between rename and commit, or between shred and unlink) removed, rows without a
+/// blob marked `missing` and reported, never dropped.
+pub fn recover(vault: &Vault, catalog: &Catalog) -> Result<Recovery, DaemonError> {
+    let scan = vault.recover()?;
+    let rows = catalog.recording_states()?;
+    let known: std::collections::HashMap<_, _> = rows.iter().copied().collect();
+    let present: std::collections::HashSet<_> = scan.blobs.iter().copied().collect();
+    let mut recovery = Recovery {
+        temp_removed: scan.temp_removed,
+        ..Recovery::default()
+    };
+    for id in &scan.blobs {
+        if !known.contains_key(id) {
+            vault.remove(id)?;
+            recovery.orphans_removed += 1;
+        }
+    }
+    for (id, state) in rows {
+        match (present.contains(&id), state) {
+            (false, RecordingState::Stored) => {
+                tracing::error!(recording = %id, "recording blob is missing; marked missing");
+                catalog.set_recording_state(&id, RecordingState::Missing)?;
+                recovery.missing += 1;
+            }
+            (false, RecordingState::Missing) => recovery.missing += 1,
+            (true, RecordingState::Missing) => {
+                catalog.set_recording_state(&id, RecordingState::Stored)?;
+                recovery.found_again += 1;
+            }
+            (true, RecordingState::Stored) => {}
+        }
+    }
+    Ok(recovery)
+}
+
+/// Runs the gateway until SIGTERM/SIGINT.
+pub async fn serve(
+    config: Config,
+    options: ServeOptions,
+    clock: SharedClock,
+) -> Result<(), DaemonError> {
+    config.check_environment(true)?;
+    let _lock = lock_data_dir(&config)?;
+    let catalog = Catalog::open(&config.catalog_path())?;
+    let keyring = Arc::new(Keyring::load(config.keys.master_key.path(), &catalog)?);
+    let vault = Vault::open(&config.vault_dir())?;
+    let metrics = Metrics::new();
+
+    let recovery = recover(&vault, &catalog)?;
+    metrics.recordings_missing.set(recovery.missing as i64);
+    tracing::info!(
+        temp_removed = recovery.temp_removed,
+        orphans_removed = recovery.orphans_removed,
+        missing = recovery.missing,
+        "start-up recovery done"
+    );
+
+    let tls = crate::api::tls::server_config(
+        &config.server.cert,
+        &config.server.key,
+        &config.server.client_ca,
+    )?;
+    let api_addr = options.listen.unwrap_or(config.server.listen);
+    let metrics_addr = options.metrics_listen.unwrap_or(config.metrics.listen);
+    let api_listener = tokio::net::TcpListener::bind(api_addr)
+        .await
+        .map_err(|source| DaemonError::Bind {
+            addr: api_addr,
+            source,
+        })?;
+    let metrics_listener = tokio::net::TcpListener::bind(metrics_addr)
+        .await
+        .map_err(|source| DaemonError::Bind {
+            addr: metrics_addr,
+            source,
+        })?;
+    let api_bound = api_listener
+        .local_addr()
+        .map_err(|source| DaemonError::Bind {
+            addr: api_addr,
+            source,
+        })?;
+    let metrics_bound = metrics_listener
+        .local_addr()
+        .map_err(|source| DaemonError::Bind {
+            addr: metrics_addr,
+            source,
+        })?;
+
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let workers = WorkerStatus::default();
+    let state = Arc::new(AppState {
+        config: Arc::new(config),
+        catalog,
+        vault,
+        keyring,
+        clock: clock.clone(),
+        metrics: metrics.clone(),
+        started_at: clock.now(),
+        workers,
+    });
+
+    tracker.spawn(crate::metrics::serve(
+        metrics_listener,
+        metrics,
+        shutdown.clone(),
+    ));
+    tracker.spawn(crate::api::server::run(
+        api_listener,
+        tls,
+        state.clone(),
+        shutdown.clone(),
+        tracker.clone(),
+    ));
+    spawn_watchdog(&tracker, shutdown.clone());
+
+    if let Some(banner) = &options.banner {
+        println!("{}", banner(api_bound));
+    }
+    println!("callguard ready: api=https://{api_bound} metrics=http://{metrics_bound}");
+    tracing::info!(api = %api_bound, metrics = %metrics_bound, "callguard ready");
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+
+    wait_for_signal().await?;
+    tracing::info!("stopping: draining in-flight work");
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    shutdown.cancel();
+    tracker.close();
+    if tokio::time::timeout(DRAIN_DEADLINE, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "drain deadline passed; exiting with work in flight (nothing acknowledged is lost)"
+        );
+    }
+    if let Err(error) = state.catalog.checkpoint() {
+        tracing::warn!(%error, "final WAL checkpoint failed");
+    }
+    Ok(())
+}
+
+/// Pings the systemd watchdog at half its interval, if one is configured.
+fn spawn_watchdog(tracker: &TaskTracker, shutdown: CancellationToken) {
+    let Some(interval) = sd_notify::watchdog_enabled() else {
+        return;
+    };
+    let period = (interval / 2).max(Duration::from_millis(100));
+    tracker.spawn(async move {
+        let mut interval = tokio::time::interval(period);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = interval.tick() => {
+                    let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+                }
+            }
+        }
+    });
+}
+
+async fn wait_for_signal() -> Result<(), DaemonError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}

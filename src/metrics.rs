@@ -1,0 +1,183 @@
+//! Prometheus metrics (SPEC §10): the registry of every counter the service exports and the
+//! plain-HTTP listener that serves them in text format on `metrics.listen` (loopback). Labels
+//! carry reasons, purposes and results, never personal data.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+
+type Labels = Vec<(&'static str, String)>;
+type HistogramFamily = Family<Labels, Histogram, fn() -> Histogram>;
+
+/// Every metric of the process. Cheap to share (`Arc`).
+pub struct Metrics {
+    registry: Registry,
+    pub ingested: Counter,
+    pub discarded: Family<Labels, Counter>,
+    pub quarantined: Counter,
+    pub purged: Family<Labels, Counter>,
+    pub holds_active: Gauge,
+    pub audio_reads: Family<Labels, Counter>,
+    pub alarm_frames: Family<Labels, Counter>,
+    pub receivers_connected: Gauge,
+    pub recordings_missing: Gauge,
+    pub requests: Family<Labels, Counter>,
+    pub request_duration: HistogramFamily,
+}
+
+fn request_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        let mut registry = Registry::with_prefix("callguard");
+        let ingested = Counter::default();
+        let discarded = Family::<Labels, Counter>::default();
+        let quarantined = Counter::default();
+        let purged = Family::<Labels, Counter>::default();
+        let holds_active = Gauge::default();
+        let audio_reads = Family::<Labels, Counter>::default();
+        let alarm_frames = Family::<Labels, Counter>::default();
+        let receivers_connected = Gauge::default();
+        let recordings_missing = Gauge::default();
+        let requests = Family::<Labels, Counter>::default();
+        let request_duration = HistogramFamily::new_with_constructor(request_histogram);
+        registry.register("recordings_ingested", "Recordings stored", ingested.clone());
+        registry.register(
+            "recordings_discarded",
+            "Recordings discarded before storage, by reason",
+            discarded.clone(),
+        );
+        registry.register(
+            "recordings_quarantined",
+            "Unparseable recordings stored in quarantine",
+            quarantined.clone(),
+        );
+        registry.register(
+            "recordings_purged",
+            "Recordings deleted, by reason",
+            purged.clone(),
+        );
+        registry.register(
+            "holds_active",
+            "Active litigation holds",
+            holds_active.clone(),
+        );
+        registry.register(
+            "audio_reads",
+            "Audio reads, by purpose",
+            audio_reads.clone(),
+        );
+        registry.register(
+            "alarm_frames",
+            "Alarm receiver frames, by result",
+            alarm_frames.clone(),
+        );
+        registry.register(
+            "receivers_connected",
+            "Serial receivers currently open",
+            receivers_connected.clone(),
+        );
+        registry.register(
+            "recordings_missing",
+            "Catalog rows whose blob was not found at start",
+            recordings_missing.clone(),
+        );
+        registry.register(
+            "http_requests",
+            "API requests, by endpoint and status",
+            requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "API request latency",
+            request_duration.clone(),
+        );
+        Arc::new(Metrics {
+            registry,
+            ingested,
+            discarded,
+            quarantined,
+            purged,
+            holds_active,
+            audio_reads,
+            alarm_frames,
+            receivers_connected,
+            recordings_missing,
+            requests,
+            request_duration,
+        })
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+/// Serves `GET /metrics` (any path, in fact) on `listener` until `shutdown`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, _) = match accepted {
+            Ok(pair) => pair,
+            Err(error) => {
+                tracing::warn!(%error, "metrics accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let service =
+                hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
+                    let metrics = metrics.clone();
+                    async move {
+                        let response = match (request.method(), request.uri().path()) {
+                            (&hyper::Method::GET, "/metrics") | (&hyper::Method::GET, "/") => {
+                                Response::builder()
+                                    .header(
+                                        "content-type",
+                                        "text/plain; version=0.0.4; charset=utf-8",
+                                    )
+                                    .body(Full::new(Bytes::from(metrics.render())))
+                            }
+                            _ => Response::builder()
+                                .status(StatusCode::NOT_FOUND)
+                                .body(Full::new(Bytes::from_static(b"not found\n"))),
+                        };
+                        Ok::<_, hyper::http::Error>(
+                            response.unwrap_or_else(|_| Response::new(Full::new(Bytes::new()))),
+                        )
+                    }
+                });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let builder = hyper::server::conn::http1::Builder::new();
+            let _ = tokio::time::timeout(
+                std::time::Duration::from_secs(30),
+                builder.serve_connection(io, service),
+            )
+            .await;
+        });
+    }
+}
