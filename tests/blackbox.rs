@@ -1,1 +1,10 @@
+//! The one black-box test binary: every test runs the real `callguard` binary with generated
+//! certificates and files (see `support`).
 
+#![allow(unreachable_pub)]
+
+mod support;
+
+mod api_tls;
+mod cli_admin;
+mod tidy;

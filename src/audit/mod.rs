@@ -35,8 +35,16 @@ pub enum VerifyError {
     Catalog(#[from] CatalogError),
 }
 
-/// Walks the whole chain in batches; returns the number of entries and the head.
-pub fn verify(catalog: &Catalog) -> Result<(u64, Option<(u64, [u8; 32])>), VerifyError> {
+/// What a successful verification saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verified {
+    pub n_entries: u64,
+    /// (seq, hash) of the newest entry.
+    pub head: Option<(u64, [u8; 32])>,
+}
+
+/// Walks the whole chain in batches.
+pub fn verify(catalog: &Catalog) -> Result<Verified, VerifyError> {
     let mut verifier = Verifier::new(catalog.audit_anchor()?);
     let mut after = verifier.head().map_or(0, |(seq, _)| seq);
     loop {
@@ -49,7 +57,10 @@ pub fn verify(catalog: &Catalog) -> Result<(u64, Option<(u64, [u8; 32])>), Verif
             after = entry.seq;
         }
     }
-    Ok((verifier.n_verified, verifier.head()))
+    Ok(Verified {
+        n_entries: verifier.n_verified,
+        head: verifier.head(),
+    })
 }
 
 /// The JSON form of an entry (SPEC §6), shared by the API and `audit export`.

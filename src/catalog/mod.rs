@@ -267,6 +267,81 @@ pub(crate) fn digest(bytes: Vec<u8>, what: &str) -> Result<[u8; 32], CatalogErro
     })
 }
 
+impl Catalog {
+    /// Applies `rewrap(context, wrapped) -> new wrapped` to every stored wrapped key (keyring
+    /// entries, recording keys, and any other sealed object's key), in one transaction, audited.
+    pub fn rewrap_all_keys(
+        &self,
+        rewrap: &RewrapFn<'_>,
+        actor: &str,
+        now: jiff::Timestamp,
+    ) -> Result<u64, crate::keyring::KeyringError> {
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql("begin"))?;
+        let mut n = 0u64;
+        for (table, key_column, context_sql) in KEY_TABLES {
+            let rows: Vec<(String, Vec<u8>)> = {
+                let mut stmt = tx
+                    .prepare(&format!(
+                        "SELECT rowid, {context_sql}, {key_column} FROM {table}"
+                    ))
+                    .map_err(sql("key rotation read"))?;
+                let mapped = stmt
+                    .query_map([], |row| {
+                        Ok((
+                            row.get::<_, i64>(0)?,
+                            row.get::<_, String>(1)?,
+                            row.get::<_, Vec<u8>>(2)?,
+                        ))
+                    })
+                    .map_err(sql("key rotation read"))?;
+                let mut out = Vec::new();
+                for row in mapped {
+                    let (rowid, context, wrapped) = row.map_err(sql("key rotation read"))?;
+                    out.push((format!("{rowid}\u{0}{context}"), wrapped));
+                }
+                out
+            };
+            for (tagged, wrapped) in rows {
+                let (rowid, context) = tagged.split_once('\u{0}').unwrap_or(("0", ""));
+                let new = rewrap(context.as_bytes(), &wrapped)
+                    .map_err(crate::keyring::KeyringError::Key)?;
+                tx.execute(
+                    &format!("UPDATE {table} SET {key_column} = ?1 WHERE rowid = ?2"),
+                    rusqlite::params![new, rowid],
+                )
+                .map_err(sql("key rotation write"))?;
+                n += 1;
+            }
+        }
+        audit_log::append(
+            &tx,
+            AuditDraft::new(
+                actor,
+                "",
+                "keys.rotate",
+                "",
+                crate::audit::chain::Outcome::Allowed,
+            )
+            .detail(format!("{n} keys re-wrapped")),
+            now,
+        )?;
+        tx.commit().map_err(sql("commit"))?;
+        Ok(n)
+    }
+}
+
+/// Re-wraps one key: (context, wrapped) → wrapped under the new master key.
+pub type RewrapFn<'a> = dyn Fn(&[u8], &[u8]) -> Result<Vec<u8>, crate::vault::keys::KeyError> + 'a;
+
+/// Every table holding a wrapped key: (table, key column, SQL expression of the wrap context).
+const KEY_TABLES: &[(&str, &str, &str)] = &[
+    ("keyring", "wrapped", "'callguard index secret'"),
+    ("recordings", "wrapped_key", "id"),
+];
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -331,75 +406,3 @@ pub(crate) mod tests {
         assert!(catalog.audit_batch(0, 10).unwrap().is_empty());
     }
 }
-
-impl Catalog {
-    /// Applies `rewrap(context, wrapped) -> new wrapped` to every stored wrapped key (keyring
-    /// entries, recording keys, and any other sealed object's key), in one transaction, audited.
-    pub fn rewrap_all_keys(
-        &self,
-        rewrap: &dyn Fn(&[u8], &[u8]) -> Result<Vec<u8>, crate::vault::keys::KeyError>,
-        actor: &str,
-        now: jiff::Timestamp,
-    ) -> Result<u64, crate::keyring::KeyringError> {
-        let mut conn = self.lock();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(sql("begin"))?;
-        let mut n = 0u64;
-        for (table, key_column, context_sql) in KEY_TABLES {
-            let rows: Vec<(String, Vec<u8>)> = {
-                let mut stmt = tx
-                    .prepare(&format!(
-                        "SELECT rowid, {context_sql}, {key_column} FROM {table}"
-                    ))
-                    .map_err(sql("key rotation read"))?;
-                let mapped = stmt
-                    .query_map([], |row| {
-                        Ok((
-                            row.get::<_, i64>(0)?,
-                            row.get::<_, String>(1)?,
-                            row.get::<_, Vec<u8>>(2)?,
-                        ))
-                    })
-                    .map_err(sql("key rotation read"))?;
-                let mut out = Vec::new();
-                for row in mapped {
-                    let (rowid, context, wrapped) = row.map_err(sql("key rotation read"))?;
-                    out.push((format!("{rowid}\u{0}{context}"), wrapped));
-                }
-                out
-            };
-            for (tagged, wrapped) in rows {
-                let (rowid, context) = tagged.split_once('\u{0}').unwrap_or(("0", ""));
-                let new = rewrap(context.as_bytes(), &wrapped)
-                    .map_err(crate::keyring::KeyringError::Key)?;
-                tx.execute(
-                    &format!("UPDATE {table} SET {key_column} = ?1 WHERE rowid = ?2"),
-                    rusqlite::params![new, rowid],
-                )
-                .map_err(sql("key rotation write"))?;
-                n += 1;
-            }
-        }
-        audit_log::append(
-            &tx,
-            AuditDraft::new(
-                actor,
-                "",
-                "keys.rotate",
-                "",
-                crate::audit::chain::Outcome::Allowed,
-            )
-            .detail(format!("{n} keys re-wrapped")),
-            now,
-        )?;
-        tx.commit().map_err(sql("commit"))?;
-        Ok(n)
-    }
-}
-
-/// Every table holding a wrapped key: (table, key column, SQL expression of the wrap context).
-const KEY_TABLES: &[(&str, &str, &str)] = &[
-    ("keyring", "wrapped", "'callguard index secret'"),
-    ("recordings", "wrapped_key", "id"),
-];

@@ -72,7 +72,7 @@ pub(super) fn run(
             let catalog = open_catalog(&config)?;
             match command {
                 AuditCommand::Verify => match crate::audit::verify(&catalog) {
-                    Ok((n, head)) => {
+                    Ok(crate::audit::Verified { n_entries: n, head }) => {
                         let head = head
                             .map(|(seq, hash)| format!("{seq}:{}", hex::encode(hash)))
                             .unwrap_or_else(|| "empty".into());
