@@ -27,7 +27,11 @@ fn raw_and_format(c: &mut Criterion) {
     let data = buffer();
     let chunk = DEFAULT_CHUNK_SIZE as usize;
     let cipher = Aes256Gcm::new(&[7u8; 32].into());
-    let header = Header { chunk_size: DEFAULT_CHUNK_SIZE, recording_id: [1; 16], nonce_prefix: [2; 7] };
+    let header = Header {
+        chunk_size: DEFAULT_CHUNK_SIZE,
+        recording_id: [1; 16],
+        nonce_prefix: [2; 7],
+    };
     let mut group = c.benchmark_group("encrypt_16MiB");
     group.throughput(Throughput::Bytes(TOTAL as u64));
     group.sample_size(20);
@@ -38,7 +42,11 @@ fn raw_and_format(c: &mut Criterion) {
             for (idx, piece) in work.chunks_mut(chunk).enumerate() {
                 let mut nonce = [0u8; 12];
                 nonce[..8].copy_from_slice(&(idx as u64).to_be_bytes());
-                black_box(cipher.encrypt_inout_detached(&nonce.into(), b"", piece.into()).unwrap());
+                black_box(
+                    cipher
+                        .encrypt_inout_detached(&nonce.into(), b"", piece.into())
+                        .unwrap(),
+                );
             }
         })
     });
@@ -47,7 +55,11 @@ fn raw_and_format(c: &mut Criterion) {
             work.copy_from_slice(&data);
             let n = work.len().div_ceil(chunk);
             for (idx, piece) in work.chunks_mut(chunk).enumerate() {
-                black_box(header.seal_chunk(&cipher, idx as u64, idx + 1 == n, piece).unwrap());
+                black_box(
+                    header
+                        .seal_chunk(&cipher, idx as u64, idx + 1 == n, piece)
+                        .unwrap(),
+                );
             }
         })
     });
@@ -57,7 +69,9 @@ fn raw_and_format(c: &mut Criterion) {
     let n = data.len().div_ceil(chunk);
     for (idx, piece) in data.chunks(chunk).enumerate() {
         let mut buf = piece.to_vec();
-        let tag = header.seal_chunk(&cipher, idx as u64, idx + 1 == n, &mut buf).unwrap();
+        let tag = header
+            .seal_chunk(&cipher, idx as u64, idx + 1 == n, &mut buf)
+            .unwrap();
         buf.extend_from_slice(&tag);
         sealed.push(buf);
     }
@@ -66,7 +80,9 @@ fn raw_and_format(c: &mut Criterion) {
         let mut buf = piece.to_vec();
         let mut nonce = [0u8; 12];
         nonce[..8].copy_from_slice(&(idx as u64).to_be_bytes());
-        let tag = cipher.encrypt_inout_detached(&nonce.into(), b"", buf.as_mut_slice().into()).unwrap();
+        let tag = cipher
+            .encrypt_inout_detached(&nonce.into(), b"", buf.as_mut_slice().into())
+            .unwrap();
         raw_sealed.push((nonce, buf, tag));
     }
     let mut group = c.benchmark_group("decrypt_16MiB");
@@ -77,7 +93,9 @@ fn raw_and_format(c: &mut Criterion) {
         b.iter(|| {
             for ((nonce, original, tag), buf) in raw_sealed.iter().zip(bufs.iter_mut()) {
                 buf.copy_from_slice(original);
-                cipher.decrypt_inout_detached(&(*nonce).into(), b"", buf.as_mut_slice().into(), tag).unwrap();
+                cipher
+                    .decrypt_inout_detached(&(*nonce).into(), b"", buf.as_mut_slice().into(), tag)
+                    .unwrap();
             }
         })
     });
@@ -86,7 +104,11 @@ fn raw_and_format(c: &mut Criterion) {
         b.iter(|| {
             for (idx, (original, buf)) in sealed.iter().zip(bufs.iter_mut()).enumerate() {
                 buf.copy_from_slice(original);
-                black_box(header.open_chunk(&cipher, idx as u64, idx + 1 == n, buf).unwrap());
+                black_box(
+                    header
+                        .open_chunk(&cipher, idx as u64, idx + 1 == n, buf)
+                        .unwrap(),
+                );
             }
         })
     });
@@ -95,10 +117,15 @@ fn raw_and_format(c: &mut Criterion) {
 
 fn store(c: &mut Criterion) {
     let data = buffer();
-    let dir = tempfile::tempdir_in(std::env::var_os("CALLGUARD_BENCH_DIR").unwrap_or_else(|| ".".into())).unwrap();
+    let dir =
+        tempfile::tempdir_in(std::env::var_os("CALLGUARD_BENCH_DIR").unwrap_or_else(|| ".".into()))
+            .unwrap();
     let vault = Vault::open(&dir.path().join("vault")).unwrap();
     let key = DataKey::generate().unwrap();
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let mut group = c.benchmark_group("store_16MiB");
     group.throughput(Throughput::Bytes(TOTAL as u64));
     group.sample_size(10);
@@ -106,7 +133,9 @@ fn store(c: &mut Criterion) {
     group.bench_function("vault_write_fsync", |b| {
         b.iter(|| {
             runtime.block_on(async {
-                let mut writer = BlobWriter::create(&vault, BlobId::generate(), &key, u64::MAX).await.unwrap();
+                let mut writer = BlobWriter::create(&vault, BlobId::generate(), &key, u64::MAX)
+                    .await
+                    .unwrap();
                 for piece in data.chunks(256 * 1024) {
                     writer.write(piece).await.unwrap();
                 }

@@ -4,6 +4,7 @@
 #![deny(clippy::unwrap_used)]
 
 pub mod access;
+pub mod alarms;
 pub mod api;
 pub mod audit;
 pub mod catalog;
@@ -11,7 +12,10 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod daemon;
+pub mod ingest;
 pub mod keyring;
 pub mod metrics;
+pub mod objections;
 pub mod pki;
+pub mod retention;
 pub mod vault;

@@ -69,7 +69,10 @@ fn check_config_names_the_file_key_and_reason() {
 }
 
 /// Opens the catalog behind the service's back, as an attacker with disk access would.
-#[expect(clippy::disallowed_methods, reason = "the test tampers with the database directly")]
+#[expect(
+    clippy::disallowed_methods,
+    reason = "the test tampers with the database directly"
+)]
 fn open_raw(path: &std::path::Path) -> rusqlite::Connection {
     rusqlite::Connection::open(path).unwrap()
 }

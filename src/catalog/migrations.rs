@@ -72,6 +72,57 @@ const MIGRATIONS: &[&str] = &[
          seq INTEGER NOT NULL,
          hash BLOB NOT NULL
      ) STRICT;",
+    // 2: policy (objections, holds) and quarantine.
+    "CREATE TABLE objections (
+         id TEXT PRIMARY KEY,
+         caller_hmac BLOB NOT NULL,
+         source TEXT NOT NULL,
+         reference TEXT NOT NULL,
+         last_digits TEXT NOT NULL,
+         created_at INTEGER NOT NULL,
+         withdrawn_at INTEGER
+     ) STRICT;
+     CREATE INDEX objections_active_by_caller ON objections (caller_hmac) WHERE withdrawn_at IS NULL;
+     CREATE TABLE call_objections (
+         call_id_hmac BLOB PRIMARY KEY,
+         created_at INTEGER NOT NULL,
+         expires_at INTEGER NOT NULL
+     ) STRICT;
+     CREATE TABLE holds (
+         id TEXT PRIMARY KEY,
+         case_ref TEXT NOT NULL,
+         reason TEXT NOT NULL,
+         selector_kind TEXT NOT NULL,
+         selector_hmac BLOB,
+         selector_from INTEGER,
+         selector_to INTEGER,
+         include_future INTEGER NOT NULL,
+         placed_by TEXT NOT NULL,
+         placed_at INTEGER NOT NULL,
+         released_at INTEGER,
+         released_by TEXT,
+         release_reason TEXT,
+         covered_at_release INTEGER
+     ) STRICT;
+     -- A held recording's row cannot be deleted while the hold is active: holds win by
+     -- construction (ON DELETE RESTRICT). Released holds drop their rows here.
+     CREATE TABLE hold_recordings (
+         hold_id TEXT NOT NULL REFERENCES holds (id),
+         recording_id TEXT NOT NULL REFERENCES recordings (id) ON DELETE RESTRICT,
+         PRIMARY KEY (hold_id, recording_id)
+     ) STRICT;
+     CREATE INDEX hold_recordings_by_recording ON hold_recordings (recording_id);
+     CREATE TABLE quarantine (
+         id TEXT PRIMARY KEY,
+         reason TEXT NOT NULL,
+         sealed_name BLOB NOT NULL,
+         size INTEGER NOT NULL,
+         sha256 BLOB NOT NULL,
+         received_at INTEGER NOT NULL,
+         retain_until INTEGER NOT NULL,
+         wrapped_key BLOB NOT NULL
+     ) STRICT;
+     CREATE INDEX quarantine_by_expiry ON quarantine (retain_until);",
 ];
 
 /// The schema version this build writes.

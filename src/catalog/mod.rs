@@ -7,6 +7,7 @@
 
 mod audit_log;
 mod migrations;
+pub mod policy;
 pub mod recordings;
 pub mod users;
 
@@ -340,6 +341,7 @@ pub type RewrapFn<'a> = dyn Fn(&[u8], &[u8]) -> Result<Vec<u8>, crate::vault::ke
 const KEY_TABLES: &[(&str, &str, &str)] = &[
     ("keyring", "wrapped", "'callguard index secret'"),
     ("recordings", "wrapped_key", "id"),
+    ("quarantine", "wrapped_key", "'quarantine/' || id"),
 ];
 
 #[cfg(test)]

@@ -306,6 +306,13 @@ impl Catalog {
                 ],
             )
             .map_err(sql("recording insert"))?;
+            crate::catalog::policy::attach_future_holds_in(
+                tx,
+                &row.id,
+                row.caller_hmac.as_ref(),
+                row.account_hmac.as_ref(),
+                row.started_at,
+            )?;
             let seq = audit_log::append(tx, audit, now)?;
             Ok(Ok(seq))
         })?;

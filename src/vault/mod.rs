@@ -126,7 +126,7 @@ pub struct RecoveryScan {
 impl Vault {
     /// Opens (and creates if needed) the vault under `dir`.
     pub fn open(dir: &Path) -> Result<Vault, VaultError> {
-        for sub in [dir.to_owned(), dir.join("tmp")] {
+        for sub in [dir.to_owned(), dir.join("tmp"), dir.join("quarantine")] {
             std::fs::create_dir_all(&sub).map_err(|source| VaultError::Write {
                 path: sub.clone(),
                 source,
@@ -160,6 +160,24 @@ impl Vault {
 
     fn temp_dir(&self) -> PathBuf {
         self.dir.join("tmp")
+    }
+
+    /// Path of a quarantined file's encrypted blob (its id is validated by the caller).
+    pub fn quarantine_path(&self, id: &str) -> PathBuf {
+        self.dir.join("quarantine").join(format!("{id}.cgv"))
+    }
+
+    /// Removes a quarantined blob. Ids are generated hex strings; anything else is refused.
+    pub fn remove_quarantine(&self, id: &str) -> Result<(), VaultError> {
+        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(());
+        }
+        let path = self.quarantine_path(id);
+        match std::fs::remove_file(&path) {
+            Ok(()) => store::sync_dir(&self.dir.join("quarantine")),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(VaultError::Write { path, source }),
+        }
     }
 
     /// Removes a blob and makes the removal durable. A blob already gone is not an error.
@@ -210,7 +228,10 @@ impl Vault {
                 source,
             })?;
             let shard_path = shard.path();
-            if shard.file_name() == "tmp" || !shard_path.is_dir() {
+            if shard.file_name() == "tmp"
+                || shard.file_name() == "quarantine"
+                || !shard_path.is_dir()
+            {
                 continue;
             }
             let files = std::fs::read_dir(&shard_path).map_err(|source| VaultError::Read {

@@ -79,7 +79,7 @@ impl BlobWriter {
             cipher: key.cipher(),
             file: Some(file),
             temp,
-            final_path: vault.blob_path(&id),
+            final_path,
             pending: Vec::with_capacity(vault.chunk_size() as usize + TAG_LEN),
             next_index: 0,
             plaintext_len: 0,

@@ -1,0 +1,766 @@
+//! SQL of the privacy policy: objections (caller and call level), litigation holds and their
+//! coverage, deferred deletions, purge candidates, quarantine rows. Decisions are made by
+//! `retention::decide` and the `objections` module; this file only stores and selects.
+//! Holds win at the database level too: `hold_recordings` references `recordings` with
+//! `ON DELETE RESTRICT`, so no statement can delete a row an active hold covers.
+
+use rusqlite::{OptionalExtension, Transaction, params};
+
+use crate::audit::chain::AuditDraft;
+use crate::catalog::recordings::shred_in;
+use crate::catalog::{Catalog, CatalogError, audit_log, digest, from_secs, secs, sql};
+use crate::vault::BlobId;
+
+/// What happened to one recording that something asked to delete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deletion {
+    /// A hold covers it: the deletion is recorded and happens at the last release.
+    Deferred,
+    /// Row and wrapped key gone; the caller must unlink the blob.
+    Deleted,
+    /// No such recording.
+    Absent,
+}
+
+/// A registered objection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectionRow {
+    pub id: String,
+    pub source: String,
+    pub reference: String,
+    pub last_digits: String,
+    pub created_at: jiff::Timestamp,
+    pub withdrawn_at: Option<jiff::Timestamp>,
+}
+
+/// What a hold selects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HoldSelector {
+    Account([u8; 32]),
+    Caller([u8; 32]),
+    Ids(Vec<BlobId>),
+    Range {
+        from: jiff::Timestamp,
+        to: jiff::Timestamp,
+    },
+}
+
+/// A hold as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HoldRow {
+    pub id: String,
+    pub case_ref: String,
+    pub reason: String,
+    pub selector_kind: String,
+    pub include_future: bool,
+    pub placed_by: String,
+    pub placed_at: jiff::Timestamp,
+    pub released_at: Option<jiff::Timestamp>,
+    pub released_by: Option<String>,
+    pub release_reason: Option<String>,
+    /// Recordings covered now (active) or at release.
+    pub covered: u64,
+}
+
+/// A recording the purge looks at: expired or with a deferred deletion.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PurgeCandidate {
+    pub id: BlobId,
+    pub retain_until: jiff::Timestamp,
+    pub pending_deletion: Option<String>,
+    pub hold_ids: Vec<String>,
+}
+
+/// A quarantined file as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuarantineRow {
+    pub id: String,
+    pub reason: String,
+    pub sealed_name: Vec<u8>,
+    pub size: u64,
+    pub sha256: [u8; 32],
+    pub received_at: jiff::Timestamp,
+    pub retain_until: jiff::Timestamp,
+    pub wrapped_key: Vec<u8>,
+}
+
+/// Deletes `id` now, or records the deletion for when its holds are released.
+pub(crate) fn delete_or_defer_in(
+    tx: &Transaction<'_>,
+    id: &BlobId,
+    reason: &str,
+    audit: AuditDraft,
+    now: jiff::Timestamp,
+) -> Result<Deletion, CatalogError> {
+    let exists: Option<Option<String>> = tx
+        .query_row(
+            "SELECT pending_deletion FROM recordings WHERE id = ?1",
+            [id.to_string()],
+            |row| row.get(0),
+        )
+        .optional()
+        .map_err(sql("deletion lookup"))?;
+    let Some(pending) = exists else {
+        return Ok(Deletion::Absent);
+    };
+    if n_holds_in(tx, id)? > 0 {
+        if pending.is_none() {
+            tx.execute(
+                "UPDATE recordings SET pending_deletion = ?2 WHERE id = ?1",
+                params![id.to_string(), reason],
+            )
+            .map_err(sql("defer deletion"))?;
+        }
+        let mut deferred = audit;
+        deferred.detail = format!("{} (deferred: held)", deferred.detail)
+            .trim_start()
+            .to_owned();
+        audit_log::append(tx, deferred, now)?;
+        return Ok(Deletion::Deferred);
+    }
+    shred_in(tx, id, reason, now)?;
+    audit_log::append(tx, audit, now)?;
+    Ok(Deletion::Deleted)
+}
+
+fn n_holds_in(conn: &rusqlite::Connection, id: &BlobId) -> Result<u64, CatalogError> {
+    conn.query_row(
+        "SELECT count(*) FROM hold_recordings WHERE recording_id = ?1",
+        [id.to_string()],
+        |row| row.get::<_, i64>(0),
+    )
+    .map(|n| n as u64)
+    .map_err(sql("hold count"))
+}
+
+fn hold_ids_in(conn: &rusqlite::Connection, id: &BlobId) -> Result<Vec<String>, CatalogError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT hold_id FROM hold_recordings WHERE recording_id = ?1 ORDER BY hold_id",
+        )
+        .map_err(sql("holds of recording"))?;
+    let rows = stmt
+        .query_map([id.to_string()], |row| row.get::<_, String>(0))
+        .map_err(sql("holds of recording"))?;
+    let mut out = Vec::new();
+    for row in rows {
+        out.push(row.map_err(sql("holds of recording"))?);
+    }
+    Ok(out)
+}
+
+fn ids_where(
+    conn: &rusqlite::Connection,
+    query: &str,
+    param: &dyn rusqlite::ToSql,
+) -> Result<Vec<BlobId>, CatalogError> {
+    let mut stmt = conn.prepare(query).map_err(sql("recording selection"))?;
+    let rows = stmt
+        .query_map([param], |row| row.get::<_, String>(0))
+        .map_err(sql("recording selection"))?;
+    let mut out = Vec::new();
+    for row in rows {
+        let text = row.map_err(sql("recording selection"))?;
+        out.push(BlobId::parse(&text).ok_or_else(|| CatalogError::Corrupt {
+            what: format!("recording id `{text}`"),
+        })?);
+    }
+    Ok(out)
+}
+
+/// Attaches a freshly inserted recording to every active `include_future` hold it matches.
+pub(crate) fn attach_future_holds_in(
+    tx: &Transaction<'_>,
+    id: &BlobId,
+    caller_hmac: Option<&[u8; 32]>,
+    account_hmac: Option<&[u8; 32]>,
+    started_at: jiff::Timestamp,
+) -> Result<u64, CatalogError> {
+    let n = tx
+        .execute(
+            "INSERT OR IGNORE INTO hold_recordings (hold_id, recording_id)
+             SELECT id, ?1 FROM holds
+             WHERE released_at IS NULL AND include_future = 1 AND (
+                   (selector_kind = 'caller' AND selector_hmac = ?2)
+                OR (selector_kind = 'account' AND selector_hmac = ?3)
+                OR (selector_kind = 'range' AND ?4 >= selector_from AND ?4 < selector_to))",
+            params![
+                id.to_string(),
+                caller_hmac.map(|d| d.as_slice()),
+                account_hmac.map(|d| d.as_slice()),
+                secs(started_at)
+            ],
+        )
+        .map_err(sql("attach future holds"))?;
+    Ok(n as u64)
+}
+
+impl Catalog {
+    /// Why a call must not be recorded, if it must not: an active objection for the caller, or
+    /// a pending call-level objection for the call id.
+    pub fn objection_for(
+        &self,
+        caller_hmac: Option<&[u8; 32]>,
+        call_id_hmac: &[u8; 32],
+        now: jiff::Timestamp,
+    ) -> Result<Option<&'static str>, CatalogError> {
+        self.read(|conn| {
+            if let Some(caller) = caller_hmac {
+                let objected: bool = conn
+                    .prepare_cached("SELECT EXISTS (SELECT 1 FROM objections WHERE caller_hmac = ?1 AND withdrawn_at IS NULL)")
+                    .and_then(|mut stmt| stmt.query_row([caller.as_slice()], |row| row.get(0)))
+                    .map_err(sql("objection check"))?;
+                if objected {
+                    return Ok(Some("caller_objection"));
+                }
+            }
+            let call_objected: bool = conn
+                .prepare_cached("SELECT EXISTS (SELECT 1 FROM call_objections WHERE call_id_hmac = ?1 AND expires_at > ?2)")
+                .and_then(|mut stmt| stmt.query_row(params![call_id_hmac.as_slice(), secs(now)], |row| row.get(0)))
+                .map_err(sql("call objection check"))?;
+            Ok(call_objected.then_some("call_objection"))
+        })
+    }
+
+    /// Registers an objection and deletes (or defers, if held) the caller's recordings, all in
+    /// one transaction. Returns (deleted ids to unlink, number deferred).
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one transaction with its audit context"
+    )]
+    pub fn objection_create(
+        &self,
+        row: &ObjectionRow,
+        caller_hmac: &[u8; 32],
+        actor: &str,
+        role: &str,
+        now: jiff::Timestamp,
+        deletion_audit: &dyn Fn(&BlobId) -> AuditDraft,
+        audit: AuditDraft,
+    ) -> Result<(Vec<BlobId>, u64), CatalogError> {
+        let _ = (actor, role);
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO objections (id, caller_hmac, source, reference, last_digits, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![row.id, caller_hmac.as_slice(), row.source, row.reference, row.last_digits, secs(now)],
+            )
+            .map_err(sql("objection insert"))?;
+            audit_log::append(tx, audit, now)?;
+            let ids = ids_where(tx, "SELECT id FROM recordings WHERE caller_hmac = ?1", &caller_hmac.as_slice())?;
+            let mut deleted = Vec::new();
+            let mut deferred = 0;
+            for id in ids {
+                match delete_or_defer_in(tx, &id, "objection", deletion_audit(&id), now)? {
+                    Deletion::Deleted => deleted.push(id),
+                    Deletion::Deferred => deferred += 1,
+                    Deletion::Absent => {}
+                }
+            }
+            Ok((deleted, deferred))
+        })
+    }
+
+    /// Registers a call-level objection until `expires_at`, and deletes (or defers) the
+    /// recording of that call if it is already stored. Returns the deletion outcome.
+    pub fn call_objection(
+        &self,
+        call_id_hmac: &[u8; 32],
+        expires_at: jiff::Timestamp,
+        now: jiff::Timestamp,
+        deletion_audit: &dyn Fn(&BlobId) -> AuditDraft,
+        audit: AuditDraft,
+    ) -> Result<(Deletion, Option<BlobId>), CatalogError> {
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO call_objections (call_id_hmac, created_at, expires_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (call_id_hmac) DO UPDATE SET expires_at = excluded.expires_at",
+                params![call_id_hmac.as_slice(), secs(now), secs(expires_at)],
+            )
+            .map_err(sql("call objection insert"))?;
+            audit_log::append(tx, audit, now)?;
+            let ids = ids_where(tx, "SELECT id FROM recordings WHERE call_id_hmac = ?1", &call_id_hmac.as_slice())?;
+            match ids.first() {
+                Some(id) => Ok((delete_or_defer_in(tx, id, "call_objection", deletion_audit(id), now)?, Some(*id))),
+                None => Ok((Deletion::Absent, None)),
+            }
+        })
+    }
+
+    /// Active and withdrawn objections, newest first.
+    pub fn objection_list(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ObjectionRow>, CatalogError> {
+        self.read(|conn| {
+            let mut stmt = conn
+                .prepare(
+                    "SELECT id, source, reference, last_digits, created_at, withdrawn_at FROM objections
+                     WHERE (?1 IS NULL OR id < ?1) ORDER BY id DESC LIMIT ?2",
+                )
+                .map_err(sql("objection list"))?;
+            let rows = stmt
+                .query_map(params![after, limit as i64], |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, String>(2)?,
+                        row.get::<_, String>(3)?,
+                        row.get::<_, i64>(4)?,
+                        row.get::<_, Option<i64>>(5)?,
+                    ))
+                })
+                .map_err(sql("objection list"))?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (id, source, reference, last_digits, created_at, withdrawn_at) = row.map_err(sql("objection list"))?;
+                out.push(ObjectionRow {
+                    id,
+                    source,
+                    reference,
+                    last_digits,
+                    created_at: from_secs(created_at)?,
+                    withdrawn_at: withdrawn_at.map(from_secs).transpose()?,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    /// Withdraws an active objection; deferred deletions it caused are cancelled unless another
+    /// active objection covers the same caller. Returns false if there was no active one.
+    pub fn objection_withdraw(
+        &self,
+        id: &str,
+        audit: AuditDraft,
+        now: jiff::Timestamp,
+    ) -> Result<bool, CatalogError> {
+        self.write(|tx| {
+            let caller: Option<Vec<u8>> = tx
+                .query_row("SELECT caller_hmac FROM objections WHERE id = ?1 AND withdrawn_at IS NULL", [id], |row| row.get(0))
+                .optional()
+                .map_err(sql("objection withdraw"))?;
+            let Some(caller) = caller else { return Ok(false) };
+            tx.execute("UPDATE objections SET withdrawn_at = ?2 WHERE id = ?1", params![id, secs(now)])
+                .map_err(sql("objection withdraw"))?;
+            tx.execute(
+                "UPDATE recordings SET pending_deletion = NULL
+                 WHERE caller_hmac = ?1 AND pending_deletion = 'objection'
+                   AND NOT EXISTS (SELECT 1 FROM objections WHERE caller_hmac = ?1 AND withdrawn_at IS NULL)",
+                [caller.as_slice()],
+            )
+            .map_err(sql("objection withdraw"))?;
+            audit_log::append(tx, audit, now)?;
+            Ok(true)
+        })
+    }
+
+    /// Erasure or any other explicit deletion of one recording: now, or deferred if held.
+    pub fn delete_recording(
+        &self,
+        id: &BlobId,
+        reason: &str,
+        audit: AuditDraft,
+        now: jiff::Timestamp,
+    ) -> Result<Deletion, CatalogError> {
+        self.write(|tx| delete_or_defer_in(tx, id, reason, audit, now))
+    }
+
+    /// Places a hold and attaches the recordings its selector matches now. Returns the number
+    /// covered. Unknown ids in an id selector are ignored (they are reported by the caller).
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one transaction with its audit context"
+    )]
+    pub fn hold_place(
+        &self,
+        id: &str,
+        case_ref: &str,
+        reason: &str,
+        selector: &HoldSelector,
+        include_future: bool,
+        placed_by: &str,
+        audit: &dyn Fn(u64) -> AuditDraft,
+        now: jiff::Timestamp,
+    ) -> Result<u64, CatalogError> {
+        self.write(|tx| {
+            let (kind, hmac, from, to) = match selector {
+                HoldSelector::Account(d) => ("account", Some(d.as_slice()), None, None),
+                HoldSelector::Caller(d) => ("caller", Some(d.as_slice()), None, None),
+                HoldSelector::Ids(_) => ("ids", None, None, None),
+                HoldSelector::Range { from, to } => ("range", None, Some(secs(*from)), Some(secs(*to))),
+            };
+            tx.execute(
+                "INSERT INTO holds (id, case_ref, reason, selector_kind, selector_hmac, selector_from, selector_to,
+                                    include_future, placed_by, placed_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                params![id, case_ref, reason, kind, hmac, from, to, include_future, placed_by, secs(now)],
+            )
+            .map_err(sql("hold insert"))?;
+            let n = match selector {
+                HoldSelector::Account(d) => tx.execute(
+                    "INSERT OR IGNORE INTO hold_recordings (hold_id, recording_id) SELECT ?1, id FROM recordings WHERE account_hmac = ?2",
+                    params![id, d.as_slice()],
+                ),
+                HoldSelector::Caller(d) => tx.execute(
+                    "INSERT OR IGNORE INTO hold_recordings (hold_id, recording_id) SELECT ?1, id FROM recordings WHERE caller_hmac = ?2",
+                    params![id, d.as_slice()],
+                ),
+                HoldSelector::Range { from, to } => tx.execute(
+                    "INSERT OR IGNORE INTO hold_recordings (hold_id, recording_id)
+                     SELECT ?1, id FROM recordings WHERE started_at >= ?2 AND started_at < ?3",
+                    params![id, secs(*from), secs(*to)],
+                ),
+                HoldSelector::Ids(ids) => {
+                    let mut n = 0;
+                    for recording in ids {
+                        n += tx
+                            .execute(
+                                "INSERT OR IGNORE INTO hold_recordings (hold_id, recording_id)
+                                 SELECT ?1, id FROM recordings WHERE id = ?2",
+                                params![id, recording.to_string()],
+                            )
+                            .map_err(sql("hold attach"))?;
+                    }
+                    Ok(n)
+                }
+            }
+            .map_err(sql("hold attach"))? as u64;
+            audit_log::append(tx, audit(n), now)?;
+            Ok(n)
+        })
+    }
+
+    /// Releases an active hold. Recordings no longer covered by any hold that carry a deferred
+    /// deletion are shredded now (returned, to unlink); expired ones wait for the next purge.
+    /// `None` if the hold does not exist or is already released.
+    pub fn hold_release(
+        &self,
+        id: &str,
+        reason: &str,
+        released_by: &str,
+        audit: AuditDraft,
+        deletion_audit: &dyn Fn(&BlobId, &str) -> AuditDraft,
+        now: jiff::Timestamp,
+    ) -> Result<Option<Vec<BlobId>>, CatalogError> {
+        self.write(|tx| {
+            let active: bool = tx
+                .query_row("SELECT EXISTS (SELECT 1 FROM holds WHERE id = ?1 AND released_at IS NULL)", [id], |row| row.get(0))
+                .map_err(sql("hold release"))?;
+            if !active {
+                return Ok(None);
+            }
+            let covered = ids_where(tx, "SELECT recording_id FROM hold_recordings WHERE hold_id = ?1", &id)?;
+            tx.execute(
+                "UPDATE holds SET released_at = ?2, released_by = ?3, release_reason = ?4, covered_at_release = ?5 WHERE id = ?1",
+                params![id, secs(now), released_by, reason, covered.len() as i64],
+            )
+            .map_err(sql("hold release"))?;
+            tx.execute("DELETE FROM hold_recordings WHERE hold_id = ?1", [id]).map_err(sql("hold release"))?;
+            audit_log::append(tx, audit, now)?;
+            let mut deleted = Vec::new();
+            for recording in covered {
+                if n_holds_in(tx, &recording)? > 0 {
+                    continue;
+                }
+                let pending: Option<Option<String>> = tx
+                    .query_row("SELECT pending_deletion FROM recordings WHERE id = ?1", [recording.to_string()], |row| row.get(0))
+                    .optional()
+                    .map_err(sql("pending deletion"))?;
+                if let Some(Some(why)) = pending {
+                    shred_in(tx, &recording, &why, now)?;
+                    audit_log::append(tx, deletion_audit(&recording, &why), now)?;
+                    deleted.push(recording);
+                }
+            }
+            Ok(Some(deleted))
+        })
+    }
+
+    /// Holds, newest first; active ones count their current coverage.
+    pub fn hold_list(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<HoldRow>, CatalogError> {
+        self.read(|conn| {
+            let mut stmt = conn
+                .prepare(
+                    "SELECT h.id, h.case_ref, h.reason, h.selector_kind, h.include_future, h.placed_by, h.placed_at,
+                            h.released_at, h.released_by, h.release_reason,
+                            COALESCE(h.covered_at_release, (SELECT count(*) FROM hold_recordings r WHERE r.hold_id = h.id))
+                     FROM holds h WHERE (?1 IS NULL OR h.id < ?1) ORDER BY h.id DESC LIMIT ?2",
+                )
+                .map_err(sql("hold list"))?;
+            let rows = stmt.query_map(params![after, limit as i64], hold_from_row).map_err(sql("hold list"))?;
+            let mut out = Vec::new();
+            for row in rows {
+                out.push(row.map_err(sql("hold list"))??);
+            }
+            Ok(out)
+        })
+    }
+
+    /// One hold and the recordings it covers now.
+    pub fn hold_get(&self, id: &str) -> Result<Option<(HoldRow, Vec<BlobId>)>, CatalogError> {
+        let list = self.read(|conn| {
+            let hold = conn
+                .query_row(
+                    "SELECT h.id, h.case_ref, h.reason, h.selector_kind, h.include_future, h.placed_by, h.placed_at,
+                            h.released_at, h.released_by, h.release_reason,
+                            COALESCE(h.covered_at_release, (SELECT count(*) FROM hold_recordings r WHERE r.hold_id = h.id))
+                     FROM holds h WHERE h.id = ?1",
+                    [id],
+                    hold_from_row,
+                )
+                .optional()
+                .map_err(sql("hold get"))?;
+            let Some(hold) = hold else { return Ok(None) };
+            let covered = ids_where(conn, "SELECT recording_id FROM hold_recordings WHERE hold_id = ?1 ORDER BY recording_id", &id)?;
+            Ok(Some((hold?, covered)))
+        })?;
+        Ok(list)
+    }
+
+    /// The ids of the active holds covering a recording.
+    pub fn holds_of(&self, id: &BlobId) -> Result<Vec<String>, CatalogError> {
+        self.read(|conn| hold_ids_in(conn, id))
+    }
+
+    /// Number of active holds.
+    pub fn holds_active(&self) -> Result<u64, CatalogError> {
+        self.read(|conn| {
+            conn.query_row(
+                "SELECT count(*) FROM holds WHERE released_at IS NULL",
+                [],
+                |row| row.get::<_, i64>(0),
+            )
+            .map(|n| n as u64)
+            .map_err(sql("hold count"))
+        })
+    }
+
+    /// Recordings the purge must look at (expired at `now`, or with a deferred deletion), with
+    /// the holds covering each, after `cursor`, at most `limit`.
+    pub fn purge_candidates(
+        &self,
+        now: jiff::Timestamp,
+        after: Option<&BlobId>,
+        limit: usize,
+    ) -> Result<Vec<PurgeCandidate>, CatalogError> {
+        self.read(|conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT id, retain_until, pending_deletion FROM recordings
+                     WHERE (retain_until <= ?1 OR pending_deletion IS NOT NULL) AND (?2 IS NULL OR id > ?2)
+                     ORDER BY id LIMIT ?3",
+                )
+                .map_err(sql("purge candidates"))?;
+            let rows = stmt
+                .query_map(params![secs(now), after.map(|id| id.to_string()), limit as i64], |row| {
+                    Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?, row.get::<_, Option<String>>(2)?))
+                })
+                .map_err(sql("purge candidates"))?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (id, retain_until, pending_deletion) = row.map_err(sql("purge candidates"))?;
+                let id = BlobId::parse(&id).ok_or_else(|| CatalogError::Corrupt { what: format!("recording id `{id}`") })?;
+                out.push(PurgeCandidate { id, retain_until: from_secs(retain_until)?, pending_deletion, hold_ids: hold_ids_in(conn, &id)? });
+            }
+            Ok(out)
+        })
+    }
+
+    /// Shreds a batch of recordings the purge decided to delete, in one transaction. A
+    /// recording that became held (or vanished) meanwhile is skipped. Returns those deleted.
+    pub fn purge_batch(
+        &self,
+        batch: &[(BlobId, String)],
+        audit: &dyn Fn(&BlobId, &str) -> AuditDraft,
+        now: jiff::Timestamp,
+    ) -> Result<Vec<BlobId>, CatalogError> {
+        self.write(|tx| {
+            let mut deleted = Vec::new();
+            for (id, reason) in batch {
+                if n_holds_in(tx, id)? > 0 {
+                    continue;
+                }
+                if shred_in(tx, id, reason, now)? {
+                    audit_log::append(tx, audit(id, reason), now)?;
+                    deleted.push(*id);
+                }
+            }
+            Ok(deleted)
+        })
+    }
+
+    /// Stores a quarantine row (the encrypted blob is already durable), audited.
+    pub fn quarantine_insert(
+        &self,
+        row: &QuarantineRow,
+        audit: AuditDraft,
+        now: jiff::Timestamp,
+    ) -> Result<(), CatalogError> {
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO quarantine (id, reason, sealed_name, size, sha256, received_at, retain_until, wrapped_key)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    row.id,
+                    row.reason,
+                    row.sealed_name,
+                    row.size as i64,
+                    row.sha256.as_slice(),
+                    secs(row.received_at),
+                    secs(row.retain_until),
+                    row.wrapped_key
+                ],
+            )
+            .map_err(sql("quarantine insert"))?;
+            audit_log::append(tx, audit, now)?;
+            Ok(())
+        })
+    }
+
+    /// Quarantined files, newest first.
+    pub fn quarantine_list(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<QuarantineRow>, CatalogError> {
+        self.read(|conn| {
+            let mut stmt = conn
+                .prepare(
+                    "SELECT id, reason, sealed_name, size, sha256, received_at, retain_until, wrapped_key FROM quarantine
+                     WHERE (?1 IS NULL OR id < ?1) ORDER BY id DESC LIMIT ?2",
+                )
+                .map_err(sql("quarantine list"))?;
+            let rows = stmt
+                .query_map(params![after, limit as i64], |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, Vec<u8>>(2)?,
+                        row.get::<_, i64>(3)?,
+                        row.get::<_, Vec<u8>>(4)?,
+                        row.get::<_, i64>(5)?,
+                        row.get::<_, i64>(6)?,
+                        row.get::<_, Vec<u8>>(7)?,
+                    ))
+                })
+                .map_err(sql("quarantine list"))?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (id, reason, sealed_name, size, sha256, received_at, retain_until, wrapped_key) =
+                    row.map_err(sql("quarantine list"))?;
+                out.push(QuarantineRow {
+                    id,
+                    reason,
+                    sealed_name,
+                    size: size as u64,
+                    sha256: digest(sha256, "quarantine sha256")?,
+                    received_at: from_secs(received_at)?,
+                    retain_until: from_secs(retain_until)?,
+                    wrapped_key,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    /// Deletes quarantine rows expired at `now`; returns their ids (blobs to unlink).
+    pub fn quarantine_expire(
+        &self,
+        now: jiff::Timestamp,
+        audit: &dyn Fn(&str) -> AuditDraft,
+    ) -> Result<Vec<String>, CatalogError> {
+        self.write(|tx| {
+            let mut stmt = tx
+                .prepare("SELECT id FROM quarantine WHERE retain_until <= ?1")
+                .map_err(sql("quarantine expiry"))?;
+            let ids: Vec<String> = stmt
+                .query_map([secs(now)], |row| row.get(0))
+                .map_err(sql("quarantine expiry"))?
+                .collect::<Result<_, _>>()
+                .map_err(sql("quarantine expiry"))?;
+            drop(stmt);
+            for id in &ids {
+                tx.execute("DELETE FROM quarantine WHERE id = ?1", [id])
+                    .map_err(sql("quarantine expiry"))?;
+                audit_log::append(tx, audit(id), now)?;
+            }
+            Ok(ids)
+        })
+    }
+
+    /// (active objections, quarantined files).
+    pub fn policy_counts(&self) -> Result<(u64, u64), CatalogError> {
+        self.read(|conn| {
+            let count = |query: &str| -> Result<u64, CatalogError> {
+                conn.query_row(query, [], |row| row.get::<_, i64>(0))
+                    .map(|n| n as u64)
+                    .map_err(sql("policy counts"))
+            };
+            Ok((
+                count("SELECT count(*) FROM objections WHERE withdrawn_at IS NULL")?,
+                count("SELECT count(*) FROM quarantine")?,
+            ))
+        })
+    }
+
+    /// The next `limit` expiries of unheld recordings (for the report).
+    pub fn next_expiries(
+        &self,
+        now: jiff::Timestamp,
+        limit: usize,
+    ) -> Result<Vec<(BlobId, jiff::Timestamp)>, CatalogError> {
+        self.read(|conn| {
+            let mut stmt = conn
+                .prepare(
+                    "SELECT id, retain_until FROM recordings WHERE retain_until > ?1
+                     AND NOT EXISTS (SELECT 1 FROM hold_recordings h WHERE h.recording_id = recordings.id)
+                     ORDER BY retain_until LIMIT ?2",
+                )
+                .map_err(sql("next expiries"))?;
+            let rows = stmt
+                .query_map(params![secs(now), limit as i64], |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?)))
+                .map_err(sql("next expiries"))?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (id, at) = row.map_err(sql("next expiries"))?;
+                let id = BlobId::parse(&id).ok_or_else(|| CatalogError::Corrupt { what: format!("recording id `{id}`") })?;
+                out.push((id, from_secs(at)?));
+            }
+            Ok(out)
+        })
+    }
+}
+
+fn hold_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<HoldRow, CatalogError>> {
+    let placed_at: i64 = row.get(6)?;
+    let released_at: Option<i64> = row.get(7)?;
+    let id: String = row.get(0)?;
+    let case_ref: String = row.get(1)?;
+    let reason: String = row.get(2)?;
+    let selector_kind: String = row.get(3)?;
+    let include_future: bool = row.get(4)?;
+    let placed_by: String = row.get(5)?;
+    let released_by: Option<String> = row.get(8)?;
+    let release_reason: Option<String> = row.get(9)?;
+    let covered: i64 = row.get(10)?;
+    Ok((|| {
+        Ok(HoldRow {
+            id,
+            case_ref,
+            reason,
+            selector_kind,
+            include_future,
+            placed_by,
+            placed_at: from_secs(placed_at)?,
+            released_at: released_at.map(from_secs).transpose()?,
+            released_by,
+            release_reason,
+            covered: covered as u64,
+        })
+    })())
+}

@@ -1,0 +1,1 @@
+//! Spool interception (SPEC §5.2): placeholder until the watcher lands.

@@ -1,0 +1,141 @@
+//! The purge: walks the recordings that are expired or carry a deferred deletion, applies
+//! `retention::decide` to each, shreds the deleted ones in batched transactions (row, wrapped
+//! key and tombstone together, each audited), unlinks their blobs, expires quarantine and old
+//! audit entries, and checkpoints the WAL. Blocking; the daemon runs it on a blocking thread
+//! every `purge_interval`, `callguard purge` runs it once (or as a dry run).
+
+use crate::audit::chain::{AuditDraft, Outcome};
+use crate::catalog::{Catalog, CatalogError};
+use crate::config::RetentionConfig;
+use crate::retention::{Decision, Keep, decide};
+use crate::vault::{BlobId, Vault, VaultError};
+
+/// Candidates read per batch (and shredded per transaction).
+const BATCH: usize = 1000;
+
+/// Why a purge failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PurgeError {
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+}
+
+/// What one run did (or, dry, would do).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PurgeReport {
+    /// Deleted recordings and why.
+    pub deleted: Vec<(BlobId, String)>,
+    /// Expired (or deletion-pending) recordings kept, and why.
+    pub kept: Vec<(BlobId, Keep)>,
+    pub quarantine_expired: usize,
+    pub audit_pruned: u64,
+}
+
+/// Deletes the catalog side first (committed), then unlinks the blobs, then checkpoints the WAL:
+/// after a crash between the two, start-up recovery removes the orphan blobs (unreadable anyway:
+/// their key is gone).
+pub fn unlink_and_checkpoint(
+    catalog: &Catalog,
+    vault: &Vault,
+    ids: &[BlobId],
+) -> Result<(), PurgeError> {
+    for id in ids {
+        vault.remove(id)?;
+    }
+    if !ids.is_empty() {
+        catalog.checkpoint()?;
+    }
+    Ok(())
+}
+
+/// Runs the retention engine once at `now`. `actor` is `system` or `local:<user>`.
+pub fn run_once(
+    catalog: &Catalog,
+    vault: &Vault,
+    retention: &RetentionConfig,
+    actor: &str,
+    now: jiff::Timestamp,
+    dry_run: bool,
+) -> Result<PurgeReport, PurgeError> {
+    let mut report = PurgeReport::default();
+    let mut cursor: Option<BlobId> = None;
+    let audit = |id: &BlobId, reason: &str| {
+        AuditDraft::new(
+            actor,
+            "",
+            "recording.delete",
+            &id.to_string(),
+            Outcome::Allowed,
+        )
+        .detail(format!("purge: {reason}"))
+    };
+    loop {
+        let candidates = catalog.purge_candidates(now, cursor.as_ref(), BATCH)?;
+        let Some(last) = candidates.last() else { break };
+        cursor = Some(last.id);
+        let mut batch = Vec::new();
+        for candidate in &candidates {
+            match decide(
+                candidate.retain_until,
+                candidate.pending_deletion.as_deref(),
+                &candidate.hold_ids,
+                now,
+            ) {
+                Decision::Delete(reason) => batch.push((candidate.id, reason)),
+                Decision::Keep(why) => report.kept.push((candidate.id, why)),
+            }
+        }
+        if dry_run {
+            report.deleted.extend(batch);
+            continue;
+        }
+        let deleted = catalog.purge_batch(&batch, &audit, now)?;
+        for id in &deleted {
+            vault.remove(id)?;
+        }
+        for (id, reason) in batch {
+            match deleted.contains(&id) {
+                true => report.deleted.push((id, reason)),
+                // Became held between the read and the write: the hold wins.
+                false => report.kept.push((id, Keep::Held(catalog.holds_of(&id)?))),
+            }
+        }
+    }
+    if !dry_run {
+        let quarantine_audit = |id: &str| {
+            AuditDraft::new(actor, "", "quarantine.delete", id, Outcome::Allowed)
+                .detail("purge: quarantine retention")
+        };
+        let expired = catalog.quarantine_expire(now, &quarantine_audit)?;
+        for id in &expired {
+            vault.remove_quarantine(id)?;
+        }
+        report.quarantine_expired = expired.len();
+        let cutoff = audit_cutoff(retention, now);
+        report.audit_pruned = catalog.prune_audit(cutoff)?;
+        if !report.deleted.is_empty() || report.quarantine_expired > 0 || report.audit_pruned > 0 {
+            catalog.checkpoint()?;
+        }
+    }
+    Ok(report)
+}
+
+/// Entries older than `now - retention.audit` are pruned (the chain keeps an anchor).
+fn audit_cutoff(retention: &RetentionConfig, now: jiff::Timestamp) -> jiff::Timestamp {
+    match retention.audit {
+        crate::config::units::Period::Fixed(duration) => {
+            let span =
+                jiff::SignedDuration::try_from(duration).unwrap_or(jiff::SignedDuration::MAX);
+            now.checked_sub(span).unwrap_or(jiff::Timestamp::MIN)
+        }
+        crate::config::units::Period::Months(months) => {
+            let span = jiff::Span::new().try_months(-i64::from(months));
+            match span.and_then(|span| now.to_zoned(jiff::tz::TimeZone::UTC).checked_add(span)) {
+                Ok(then) => then.timestamp(),
+                Err(_) => jiff::Timestamp::MIN,
+            }
+        }
+    }
+}
