@@ -47,6 +47,33 @@ impl BlobWriter {
         key: &DataKey,
         limit: u64,
     ) -> Result<BlobWriter, VaultError> {
+        BlobWriter::create_at(vault, id, key, limit, vault.blob_path(&id)).await
+    }
+
+    /// Same, for a quarantined file (`vault/quarantine/<id>.cgv`); same format and guarantees.
+    pub async fn create_quarantine(
+        vault: &Vault,
+        id: BlobId,
+        key: &DataKey,
+        limit: u64,
+    ) -> Result<BlobWriter, VaultError> {
+        BlobWriter::create_at(
+            vault,
+            id,
+            key,
+            limit,
+            vault.quarantine_path(&id.to_string()),
+        )
+        .await
+    }
+
+    async fn create_at(
+        vault: &Vault,
+        id: BlobId,
+        key: &DataKey,
+        limit: u64,
+        final_path: PathBuf,
+    ) -> Result<BlobWriter, VaultError> {
         let nonce_prefix: [u8; format::NONCE_PREFIX_LEN] = keys::random_bytes()?;
         let header = Header {
             chunk_size: vault.chunk_size(),
