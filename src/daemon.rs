@@ -259,6 +259,8 @@ pub async fn serve(
         metrics,
         shutdown.clone(),
     ));
+    spawn_spool(&tracker, &state, shutdown.clone());
+    spawn_purge(&tracker, &state, shutdown.clone());
     tracker.spawn(crate::api::server::run(
         api_listener,
         tls,
@@ -292,6 +294,97 @@ pub async fn serve(
         tracing::warn!(%error, "final WAL checkpoint failed");
     }
     Ok(())
+}
+
+/// The spool watcher over the ingest pipeline.
+fn spawn_spool(tracker: &TaskTracker, state: &Arc<AppState>, shutdown: CancellationToken) {
+    let pipeline = crate::ingest::Pipeline {
+        catalog: state.catalog.clone(),
+        vault: state.vault.clone(),
+        keyring: state.keyring.clone(),
+        clock: state.clock.clone(),
+        metrics: state.metrics.clone(),
+        retention: state.config.retention.recordings,
+        max_bytes: state.config.ingest.max_recording_bytes,
+    };
+    let settings = crate::ingest::spool::SpoolSettings {
+        dir: state.config.ingest.spool_dir.clone(),
+        timezone: state.config.ingest.spool_timezone.clone(),
+        workers: state.config.ingest.spool_workers,
+        quarantine_retention: state.config.retention.quarantine,
+    };
+    tracker.spawn(crate::ingest::spool::run(
+        pipeline,
+        settings,
+        state.workers.clone(),
+        shutdown,
+    ));
+}
+
+/// The retention engine, every `purge_interval` (and once at start).
+fn spawn_purge(tracker: &TaskTracker, state: &Arc<AppState>, shutdown: CancellationToken) {
+    let state = state.clone();
+    tracker.spawn(async move {
+        let mut interval = tokio::time::interval(state.config.retention.purge_interval);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = interval.tick() => {}
+            }
+            let now = state.clock.now();
+            let worker = state.clone();
+            let result = tokio::task::spawn_blocking(move || {
+                crate::retention::purge::run_once(
+                    &worker.catalog,
+                    &worker.vault,
+                    &worker.config.retention,
+                    "system",
+                    now,
+                    false,
+                )
+            })
+            .await;
+            match result {
+                Ok(Ok(report)) => {
+                    for (_, reason) in &report.deleted {
+                        state
+                            .metrics
+                            .purged
+                            .get_or_create(&vec![("reason", reason.clone())])
+                            .inc();
+                    }
+                    if let Ok(n) = state.catalog.holds_active() {
+                        state.metrics.holds_active.set(n as i64);
+                    }
+                    state.workers.set(
+                        "purge",
+                        format!(
+                            "last run {}: {} deleted, {} kept (held), {} quarantine expired",
+                            crate::audit::chain::format_time(now),
+                            report.deleted.len(),
+                            report.kept.len(),
+                            report.quarantine_expired
+                        ),
+                    );
+                    if !report.deleted.is_empty() {
+                        tracing::info!(
+                            deleted = report.deleted.len(),
+                            kept = report.kept.len(),
+                            "purge"
+                        );
+                    }
+                }
+                Ok(Err(error)) => {
+                    tracing::error!(%error, "purge failed; retrying at the next interval");
+                    state
+                        .workers
+                        .set("purge", format!("last run failed: {error}"));
+                }
+                Err(join) => tracing::error!(%join, "purge task panicked"),
+            }
+        }
+    });
 }
 
 /// Pings the systemd watchdog at half its interval, if one is configured.

@@ -23,7 +23,12 @@ pub struct SpoolSettings {
 }
 
 /// Runs the spool watcher until `shutdown`. Reports its state under the status line `spool`.
-pub async fn run(pipeline: Pipeline, settings: SpoolSettings, status: WorkerStatus, shutdown: CancellationToken) {
+pub async fn run(
+    pipeline: Pipeline,
+    settings: SpoolSettings,
+    status: WorkerStatus,
+    shutdown: CancellationToken,
+) {
     let _ = (pipeline, settings);
     status.set("spool", "not implemented yet");
     shutdown.cancelled().await;

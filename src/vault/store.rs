@@ -279,7 +279,22 @@ pub struct PlainReader {
 impl PlainReader {
     /// Opens blob `id` and checks its header: magic, version, that it belongs to `id`, and
     /// that its length is a valid layout. Chunks are authenticated as they are read.
-    pub fn open(vault: &Vault, id: BlobId, key: &DataKey) -> Result<PlainReader, VaultError> {
+    pub fn open(
+        vault: &Vault,
+        id: BlobId,
+        key: &DataKey,
+        _audited: &crate::audit::AuditReceipt,
+    ) -> Result<PlainReader, VaultError> {
+        PlainReader::danger_open_unaudited(vault, id, key)
+    }
+
+    /// Opens a blob without proof of an audit entry: for integrity checks, exports that audit
+    /// in bulk, benchmarks and tests. Never for serving a person.
+    pub fn danger_open_unaudited(
+        vault: &Vault,
+        id: BlobId,
+        key: &DataKey,
+    ) -> Result<PlainReader, VaultError> {
         let path = vault.blob_path(&id);
         let mut file = match std::fs::File::open(&path) {
             Ok(file) => file,
@@ -455,7 +470,7 @@ mod tests {
 
     fn read_all(vault: &Vault, id: BlobId, key: &DataKey) -> Vec<u8> {
         let mut out = Vec::new();
-        PlainReader::open(vault, id, key)
+        PlainReader::danger_open_unaudited(vault, id, key)
             .unwrap()
             .read_to_end(&mut out)
             .unwrap();
@@ -504,7 +519,7 @@ mod tests {
         }
         let sealed = writer.finish().await.unwrap();
         assert_eq!(sealed.plaintext_len, len);
-        let mut reader = PlainReader::open(&vault, sealed.id, &key).unwrap();
+        let mut reader = PlainReader::danger_open_unaudited(&vault, sealed.id, &key).unwrap();
         let mut buf = vec![0u8; 1 << 20];
         for _ in 0..100 {
             reader.read_exact(&mut buf).unwrap();
@@ -519,7 +534,7 @@ mod tests {
         let key = DataKey::generate().unwrap();
         let data = pattern(1234);
         let sealed = write_blob(&vault, &key, &data, 333).await;
-        let mut reader = PlainReader::open(&vault, sealed.id, &key).unwrap();
+        let mut reader = PlainReader::danger_open_unaudited(&vault, sealed.id, &key).unwrap();
         for (start, len) in [
             (0usize, 1usize),
             (99, 2),
@@ -551,21 +566,21 @@ mod tests {
         std::fs::write(&path, &flipped).unwrap();
         let mut out = Vec::new();
         assert!(
-            PlainReader::open(&vault, sealed.id, &key)
+            PlainReader::danger_open_unaudited(&vault, sealed.id, &key)
                 .unwrap()
                 .read_to_end(&mut out)
                 .is_err()
         );
 
         std::fs::write(&path, &original[..original.len() - 80]).unwrap();
-        let mut reader = PlainReader::open(&vault, sealed.id, &key).unwrap();
+        let mut reader = PlainReader::danger_open_unaudited(&vault, sealed.id, &key).unwrap();
         assert!(reader.verify_all().is_err());
 
         // Another recording's file moved over this one: wrong id in the header.
         let other = write_blob(&vault, &key, &data, 300).await;
         std::fs::copy(vault.blob_path(&other.id), &path).unwrap();
         assert!(matches!(
-            PlainReader::open(&vault, sealed.id, &key),
+            PlainReader::danger_open_unaudited(&vault, sealed.id, &key),
             Err(VaultError::Format {
                 source: format::FormatError::WrongRecording { .. },
                 ..
@@ -576,13 +591,13 @@ mod tests {
         std::fs::write(&path, &original).unwrap();
         let wrong_key = DataKey::generate().unwrap();
         assert!(
-            PlainReader::open(&vault, sealed.id, &wrong_key)
+            PlainReader::danger_open_unaudited(&vault, sealed.id, &wrong_key)
                 .unwrap()
                 .verify_all()
                 .is_err()
         );
         assert!(
-            PlainReader::open(&vault, sealed.id, &key)
+            PlainReader::danger_open_unaudited(&vault, sealed.id, &key)
                 .unwrap()
                 .verify_all()
                 .is_ok()

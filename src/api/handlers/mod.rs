@@ -3,6 +3,7 @@
 //! the JSON answer.
 
 mod audit;
+mod recordings;
 mod status;
 
 use std::sync::Arc;
@@ -34,11 +35,20 @@ pub async fn dispatch(state: &Arc<AppState>, request: Request) -> Result<Respons
         Endpoint::ObjectionList => Err(ApiError::NotImplemented("objections")),
         Endpoint::ObjectionWithdraw { .. } => Err(ApiError::NotImplemented("objections")),
         Endpoint::QuarantineList => Err(ApiError::NotImplemented("quarantine")),
-        Endpoint::RecordingAudio { .. } => Err(ApiError::NotImplemented("audio retrieval")),
-        Endpoint::RecordingDelete { .. } => Err(ApiError::NotImplemented("erasure")),
-        Endpoint::RecordingGet { .. } => Err(ApiError::NotImplemented("recording metadata")),
-        Endpoint::RecordingList => Err(ApiError::NotImplemented("recording search")),
-        Endpoint::RecordingUpload => Err(ApiError::NotImplemented("recording upload")),
+        Endpoint::RecordingAudio { id } => {
+            let id = *id;
+            recordings::audio(state, request, id).await
+        }
+        Endpoint::RecordingDelete { id } => {
+            let id = *id;
+            recordings::delete(state, request, id).await
+        }
+        Endpoint::RecordingGet { id } => {
+            let id = *id;
+            recordings::get(state, request, id).await
+        }
+        Endpoint::RecordingList => recordings::list(state, request).await,
+        Endpoint::RecordingUpload => recordings::upload(state, request).await,
         Endpoint::SubjectExport => Err(ApiError::NotImplemented("subject exports")),
         Endpoint::SubjectRecordings => Err(ApiError::NotImplemented("subject access")),
     }

@@ -1,0 +1,773 @@
+//! Recording endpoints: streaming upload (recorder), search and metadata (supervisor, legal,
+//! dpo; numbers masked for supervisors), audio with a stated purpose (original bytes with HTTP
+//! Range, or `format=wav` playback), and erasure (dpo, deferred while held).
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Response, StatusCode, header};
+
+use crate::access::Role;
+use crate::api::error::ApiError;
+use crate::api::{AppState, Body, Request, json, limit_param, page, time_param};
+use crate::audit::chain::{AuditDraft, Outcome, format_time};
+use crate::catalog::policy::Deletion;
+use crate::catalog::recordings::{Lookup, RecordingCursor, RecordingFilter, RecordingRow};
+use crate::ingest::metadata::{CallMetadata, MAX_METADATA_BYTES, PhoneNumber};
+use crate::ingest::probe::FormatHint;
+use crate::ingest::{
+    ACCOUNT_DOMAIN, Admission, IngestError, OPERATOR_DOMAIN, Pipeline, Sender, open_personal,
+};
+use crate::objections::{CALL_ID_DOMAIN, CALLER_DOMAIN};
+use crate::retention::purge::unlink_and_checkpoint;
+use crate::vault::BlobId;
+use crate::vault::store::PlainReader;
+
+/// Purposes a reader may state, and who may state them.
+pub(super) const PURPOSES: [&str; 5] = [
+    "quality_review",
+    "training",
+    "litigation",
+    "data_subject_request",
+    "fraud_control",
+];
+
+fn purpose_allowed(role: Role, purpose: &str) -> bool {
+    match role {
+        Role::Supervisor => purpose == "quality_review" || purpose == "training",
+        Role::Legal | Role::Dpo => true,
+        Role::AlarmSource | Role::Contracts | Role::Operator | Role::Recorder => false,
+    }
+}
+
+/// The ingest pipeline over the server's stores.
+pub(super) fn pipeline(state: &AppState) -> Pipeline {
+    Pipeline {
+        catalog: state.catalog.clone(),
+        vault: state.vault.clone(),
+        keyring: state.keyring.clone(),
+        clock: state.clock.clone(),
+        metrics: state.metrics.clone(),
+        retention: state.config.retention.recordings,
+        max_bytes: state.config.ingest.max_recording_bytes,
+    }
+}
+
+/// The request body as a byte stream, each frame bounded by `idle`.
+fn body_stream(
+    body: Incoming,
+    idle: Duration,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
+    futures_util::stream::unfold(Some(body), move |body| async move {
+        let mut body = body?;
+        loop {
+            match tokio::time::timeout(idle, body.frame()).await {
+                Err(_) => {
+                    return Some((
+                        Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "client too slow",
+                        )),
+                        None,
+                    ));
+                }
+                Ok(None) => return None,
+                Ok(Some(Err(error))) => return Some((Err(std::io::Error::other(error)), None)),
+                Ok(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        return Some((Ok(data), Some(body)));
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// `POST /v1/recordings`.
+pub(super) async fn upload(
+    state: &Arc<AppState>,
+    request: Request,
+) -> Result<Response<Body>, ApiError> {
+    let limit = state.config.ingest.max_recording_bytes;
+    if let Some(length) = request
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        && length > limit.saturating_add(MAX_METADATA_BYTES as u64 + 64 * 1024)
+    {
+        return Err(ApiError::PayloadTooLarge(limit));
+    }
+    let content_type = request
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let boundary = multer::parse_boundary(content_type).map_err(|_| {
+        ApiError::BadRequest(
+            "the body must be multipart/form-data with a `metadata` part then an `audio` part"
+                .into(),
+        )
+    })?;
+    let idle = state.config.server.idle_timeout;
+    let mut multipart = multer::Multipart::new(body_stream(request.body, idle), boundary);
+    let multipart_error =
+        |error: multer::Error| ApiError::BadRequest(format!("malformed multipart body: {error}"));
+
+    let mut first = multipart
+        .next_field()
+        .await
+        .map_err(multipart_error)?
+        .ok_or_else(|| ApiError::InvalidMetadata("the body has no `metadata` part".into()))?;
+    if first.name() != Some("metadata") {
+        return Err(ApiError::InvalidMetadata(
+            "the first part must be `metadata` (application/json)".into(),
+        ));
+    }
+    let mut raw = Vec::new();
+    while let Some(chunk) = first.chunk().await.map_err(multipart_error)? {
+        if raw.len() + chunk.len() > MAX_METADATA_BYTES {
+            return Err(ApiError::InvalidMetadata(format!(
+                "the metadata part exceeds {MAX_METADATA_BYTES} bytes"
+            )));
+        }
+        raw.extend_from_slice(&chunk);
+    }
+    drop(first);
+    let meta =
+        CallMetadata::from_json(&raw).map_err(|e| ApiError::InvalidMetadata(e.to_string()))?;
+    let sender = Sender {
+        actor: request.caller.cn.clone(),
+        role: request.caller.role.as_str().to_owned(),
+    };
+    let pipeline = pipeline(state);
+    let ingest_error = |error: IngestError| -> ApiError {
+        match error {
+            IngestError::InvalidMetadata(why) => ApiError::InvalidMetadata(why),
+            IngestError::UnsupportedAudio(why) => ApiError::UnsupportedAudio(why.to_string()),
+            IngestError::TooLarge { limit } => ApiError::PayloadTooLarge(limit),
+            IngestError::StorageFull(_) => ApiError::InsufficientStorage,
+            IngestError::DuplicateCallId { .. } => ApiError::Conflict {
+                code: "duplicate_call_id",
+                message: "this call_id is already stored with different audio".into(),
+            },
+            IngestError::Source(why) => {
+                ApiError::BadRequest(format!("cannot read the upload: {why}"))
+            }
+            other => ApiError::Internal(other.to_string()),
+        }
+    };
+    match pipeline.admit(&meta, &sender).await.map_err(ingest_error)? {
+        Admission::Discard(reason) => {
+            // Answer at once; the rest of the body is never read (nor stored).
+            return Ok(json(
+                StatusCode::OK,
+                &serde_json::json!({ "status": "discarded", "reason": reason }),
+            ));
+        }
+        Admission::Admit => {}
+    }
+    let audio = multipart
+        .next_field()
+        .await
+        .map_err(multipart_error)?
+        .ok_or_else(|| ApiError::UnsupportedAudio("the body has no `audio` part".into()))?;
+    if audio.name() != Some("audio") {
+        return Err(ApiError::UnsupportedAudio(
+            "the second part must be `audio`".into(),
+        ));
+    }
+    let hint = match audio.file_name() {
+        Some(name) => FormatHint::from_file_name(name),
+        None => FormatHint::default(),
+    };
+    let stored = pipeline
+        .ingest(meta, hint, audio, &sender)
+        .await
+        .map_err(ingest_error)?;
+    let status = match stored.repeated {
+        true => StatusCode::OK,
+        false => StatusCode::CREATED,
+    };
+    Ok(json(
+        status,
+        &serde_json::json!({
+            "id": stored.id.to_string(),
+            "status": "stored",
+            "codec": stored.audio.codec,
+            "container": stored.audio.container,
+            "sample_rate": stored.audio.sample_rate,
+            "channels": stored.audio.channels,
+            "duration_ms": stored.audio.duration_ms,
+            "size": stored.size,
+            "sha256": hex::encode(stored.sha256),
+            "retain_until": format_time(stored.retain_until),
+        }),
+    ))
+}
+
+/// Masks a number for roles that must not see it in full.
+fn show_number(number: Option<&str>, role: Role) -> serde_json::Value {
+    let Some(number) = number else {
+        return serde_json::Value::Null;
+    };
+    match role {
+        Role::Legal | Role::Dpo => number.into(),
+        Role::AlarmSource
+        | Role::Contracts
+        | Role::Operator
+        | Role::Recorder
+        | Role::Supervisor => match PhoneNumber::parse(number) {
+            Ok(parsed) => parsed.masked().into(),
+            Err(_) => "••".into(),
+        },
+    }
+}
+
+/// The metadata JSON of one recording.
+pub(super) fn recording_json(
+    state: &AppState,
+    row: &RecordingRow,
+    holds: Option<&[String]>,
+    role: Role,
+) -> Result<serde_json::Value, ApiError> {
+    let personal = open_personal(&state.keyring, row)?;
+    let mut value = serde_json::json!({
+        "id": row.id.to_string(),
+        "call_id": personal.call_id,
+        "started_at": format_time(row.started_at),
+        "direction": row.direction,
+        "caller": show_number(personal.caller.as_deref(), role),
+        "callee": show_number(personal.callee.as_deref(), role),
+        "account": personal.account,
+        "operator": personal.operator,
+        "alarm_case": row.alarm_case,
+        "container": row.audio.container,
+        "codec": row.audio.codec,
+        "sample_rate": row.audio.sample_rate,
+        "channels": row.audio.channels,
+        "duration_ms": row.audio.duration_ms,
+        "size": row.size,
+        "sha256": hex::encode(row.sha256),
+        "ingested_at": format_time(row.ingested_at),
+        "retain_until": format_time(row.retain_until),
+        "state": row.state.as_str(),
+        "pending_deletion": row.pending_deletion,
+    });
+    if let Some(holds) = holds {
+        value["holds"] = serde_json::json!(holds);
+    }
+    Ok(value)
+}
+
+/// Search filters from the query string.
+pub(super) fn filter_of(state: &AppState, request: &Request) -> Result<RecordingFilter, ApiError> {
+    let caller = match request.param("caller") {
+        Some(text) => {
+            let number = PhoneNumber::parse(text).map_err(|e| {
+                ApiError::BadRequest(format!("`caller` is not a phone number: {e}"))
+            })?;
+            Some(state.keyring.digest(CALLER_DOMAIN, number.as_str()))
+        }
+        None => None,
+    };
+    Ok(RecordingFilter {
+        from: time_param(request, "from")?,
+        to: time_param(request, "to")?,
+        account_hmac: request
+            .param("account")
+            .map(|a| state.keyring.digest(ACCOUNT_DOMAIN, a)),
+        caller_hmac: caller,
+        operator_hmac: request
+            .param("operator")
+            .map(|o| state.keyring.digest(OPERATOR_DOMAIN, o)),
+        call_id_hmac: request
+            .param("call_id")
+            .map(|c| state.keyring.digest(CALL_ID_DOMAIN, c)),
+        alarm_case: request.param("alarm_case").map(str::to_owned),
+    })
+}
+
+fn cursor_of(text: Option<&str>) -> Result<Option<RecordingCursor>, ApiError> {
+    let Some(text) = text else { return Ok(None) };
+    let bad = || ApiError::BadRequest("invalid cursor".into());
+    let (secs, id) = text.split_once('.').ok_or_else(bad)?;
+    let secs: i64 = secs.parse().map_err(|_| bad())?;
+    Ok(Some(RecordingCursor {
+        started_at: jiff::Timestamp::from_second(secs).map_err(|_| bad())?,
+        id: BlobId::parse(id).ok_or_else(bad)?,
+    }))
+}
+
+/// Lists recordings matching `filter` that `role` may see now (newest first), as a page.
+pub(super) async fn list_page(
+    state: &Arc<AppState>,
+    request: &Request,
+    filter: RecordingFilter,
+) -> Result<Response<Body>, ApiError> {
+    let limit = limit_param(request)?;
+    let cursor = cursor_of(request.param("cursor"))?;
+    let role = request.caller.role;
+    let now = state.clock.now();
+    let rows = state
+        .catalog
+        .call(move |catalog| {
+            let rows = catalog.search_recordings(&filter, cursor, limit + 1)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let holds = catalog.holds_of(&row.id)?;
+                out.push((row, holds));
+            }
+            Ok(out)
+        })
+        .await?;
+    let has_more = rows.len() > limit;
+    let mut items = Vec::new();
+    for (row, holds) in rows.iter().take(limit) {
+        if crate::retention::may_read(
+            row.retain_until,
+            row.pending_deletion.is_some(),
+            holds.len(),
+            role,
+            now,
+        )
+        .is_err()
+        {
+            continue;
+        }
+        items.push(recording_json(state, row, Some(holds), role)?);
+    }
+    let next = match has_more {
+        true => rows
+            .get(limit - 1)
+            .map(|(row, _)| format!("{}.{}", row.started_at.as_second(), row.id)),
+        false => None,
+    };
+    Ok(page(items, next))
+}
+
+/// `GET /v1/recordings`.
+pub(super) async fn list(
+    state: &Arc<AppState>,
+    request: Request,
+) -> Result<Response<Body>, ApiError> {
+    let filter = filter_of(state, &request)?;
+    list_page(state, &request, filter).await
+}
+
+/// A readable recording with its holds, or the right refusal.
+async fn readable(
+    state: &Arc<AppState>,
+    id: BlobId,
+    role: Role,
+) -> Result<(RecordingRow, Vec<String>), ApiError> {
+    let (lookup, holds) = state
+        .catalog
+        .call(move |catalog| Ok((catalog.recording(&id)?, catalog.holds_of(&id)?)))
+        .await?;
+    let row = match lookup {
+        Lookup::Found(row) => *row,
+        Lookup::Deleted(tomb) => return Err(ApiError::Deleted(tomb)),
+        Lookup::NotFound => return Err(ApiError::NotFound),
+    };
+    let now = state.clock.now();
+    crate::retention::may_read(
+        row.retain_until,
+        row.pending_deletion.is_some(),
+        holds.len(),
+        role,
+        now,
+    )
+    .map_err(|_| ApiError::Expired)?;
+    Ok((row, holds))
+}
+
+/// `GET /v1/recordings/{id}`.
+pub(super) async fn get(
+    state: &Arc<AppState>,
+    request: Request,
+    id: BlobId,
+) -> Result<Response<Body>, ApiError> {
+    let (row, holds) = readable(state, id, request.caller.role).await?;
+    Ok(json(
+        StatusCode::OK,
+        &recording_json(state, &row, Some(&holds), request.caller.role)?,
+    ))
+}
+
+/// A parsed single `Range: bytes=…` header.
+fn parse_range(header: &str, len: u64) -> Result<(u64, u64), ApiError> {
+    let spec = header
+        .trim()
+        .strip_prefix("bytes=")
+        .ok_or(ApiError::RangeNotSatisfiable(len))?;
+    if spec.contains(',') {
+        return Err(ApiError::RangeNotSatisfiable(len));
+    }
+    let (start, end) = spec
+        .split_once('-')
+        .ok_or(ApiError::RangeNotSatisfiable(len))?;
+    let (start, end) = match (start.trim(), end.trim()) {
+        ("", suffix) => {
+            let n: u64 = suffix
+                .parse()
+                .map_err(|_| ApiError::RangeNotSatisfiable(len))?;
+            if n == 0 {
+                return Err(ApiError::RangeNotSatisfiable(len));
+            }
+            (len.saturating_sub(n), len.saturating_sub(1))
+        }
+        (start, "") => (
+            start
+                .parse()
+                .map_err(|_| ApiError::RangeNotSatisfiable(len))?,
+            len.saturating_sub(1),
+        ),
+        (start, end) => {
+            let start: u64 = start
+                .parse()
+                .map_err(|_| ApiError::RangeNotSatisfiable(len))?;
+            let end: u64 = end
+                .parse()
+                .map_err(|_| ApiError::RangeNotSatisfiable(len))?;
+            (start, end.min(len.saturating_sub(1)))
+        }
+    };
+    if len == 0 || start >= len || end < start {
+        return Err(ApiError::RangeNotSatisfiable(len));
+    }
+    Ok((start, end))
+}
+
+fn content_type_of(container: &str) -> &'static str {
+    match container {
+        "wav" => "audio/wav",
+        "flac" => "audio/flac",
+        "mp3" => "audio/mpeg",
+        "ogg" => "audio/ogg",
+        _ => "application/octet-stream",
+    }
+}
+
+/// A response body fed by a blocking producer through a small channel (constant memory).
+fn channel_body() -> (
+    tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+    Body,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item.map(Frame::data), rx))
+    });
+    (tx, BodyExt::boxed(StreamBody::new(stream)))
+}
+
+/// Forwards `Write` calls to a response body in 64 KiB pieces.
+struct ChannelWriter {
+    tx: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+    buffer: Vec<u8>,
+}
+
+impl Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buffer.extend_from_slice(data);
+        if self.buffer.len() >= 64 * 1024 {
+            self.flush()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let piece = Bytes::from(std::mem::take(&mut self.buffer));
+        self.tx
+            .blocking_send(Ok(piece))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client went away"))
+    }
+}
+
+/// `GET /v1/recordings/{id}/audio?purpose=P[&format=wav]`.
+pub(super) async fn audio(
+    state: &Arc<AppState>,
+    request: Request,
+    id: BlobId,
+) -> Result<Response<Body>, ApiError> {
+    let role = request.caller.role;
+    let purpose = request
+        .param("purpose")
+        .ok_or(ApiError::PurposeRequired)?
+        .to_owned();
+    if !PURPOSES.contains(&purpose.as_str()) {
+        return Err(ApiError::BadRequest(format!(
+            "unknown purpose `{purpose}` (one of {})",
+            PURPOSES.join(", ")
+        )));
+    }
+    if !purpose_allowed(role, &purpose) {
+        return Err(ApiError::PurposeNotAllowed(format!(
+            "role `{role}` may not read audio for `{purpose}`"
+        )));
+    }
+    let wav = match request.param("format") {
+        None => false,
+        Some("wav") => true,
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "unknown format `{other}` (only `wav`)"
+            )));
+        }
+    };
+    let (row, _holds) = readable(state, id, role).await?;
+    let info = crate::ingest::info_of(&row.audio);
+    let wav_len = match (wav, info.as_ref()) {
+        (false, _) => None,
+        (true, Some(info)) => match crate::ingest::transcode::wav_len(info) {
+            Some(len) => Some(len),
+            None => {
+                return Err(ApiError::TranscodingUnavailable(format!(
+                    "cannot transcode {} to wav; the original is available",
+                    row.audio.codec
+                )));
+            }
+        },
+        (true, None) => {
+            return Err(ApiError::TranscodingUnavailable(format!(
+                "unknown codec {}",
+                row.audio.codec
+            )));
+        }
+    };
+    let range = match (
+        wav,
+        request
+            .headers
+            .get(header::RANGE)
+            .and_then(|v| v.to_str().ok()),
+    ) {
+        (false, Some(text)) => Some(parse_range(text, row.size)?),
+        _ => None,
+    };
+
+    // The read is audited (and committed) before a byte leaves the vault.
+    let detail = match (wav, range) {
+        (true, _) => "format=wav".to_owned(),
+        (false, Some((start, end))) => format!("bytes {start}-{end}"),
+        (false, None) => "original".to_owned(),
+    };
+    let draft = AuditDraft::new(
+        &request.caller.cn,
+        role.as_str(),
+        "recording.read_audio",
+        &id.to_string(),
+        Outcome::Allowed,
+    )
+    .purpose(&purpose)
+    .detail(detail);
+    let now = state.clock.now();
+    let receipt = state
+        .catalog
+        .call(move |catalog| catalog.audit(draft, now))
+        .await?;
+    state
+        .metrics
+        .audio_reads
+        .get_or_create(&vec![("purpose", purpose.clone())])
+        .inc();
+
+    let key = state.keyring.recording_key(&id, &row.wrapped_key)?;
+    let mut reader = PlainReader::open(&state.vault, id, &key, &receipt)
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let (tx, body) = channel_body();
+    let mut response = Response::new(body);
+    match (wav_len, info) {
+        (Some(len), Some(info)) => {
+            let hint = FormatHint { extension: None };
+            tokio::task::spawn_blocking(move || {
+                let mut writer = ChannelWriter {
+                    tx: tx.clone(),
+                    buffer: Vec::with_capacity(64 * 1024),
+                };
+                let result = crate::ingest::transcode::transcode_to_wav(
+                    Box::new(reader),
+                    &hint,
+                    &info,
+                    &mut writer,
+                )
+                .map_err(|e| std::io::Error::other(e.to_string()))
+                .and_then(|_| writer.flush());
+                if let Err(error) = result {
+                    tracing::warn!(recording = %id, %error, "playback transcoding failed mid-stream");
+                    let _ = tx.blocking_send(Err(error));
+                }
+            });
+            let headers = response.headers_mut();
+            headers.insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("audio/wav"),
+            );
+            headers.insert(header::CONTENT_LENGTH, header::HeaderValue::from(len));
+        }
+        _ => {
+            let (start, end) = range.unwrap_or((0, row.size.saturating_sub(1)));
+            let total = match row.size {
+                0 => 0,
+                _ => end - start + 1,
+            };
+            tokio::task::spawn_blocking(move || {
+                let result = (|| -> std::io::Result<()> {
+                    reader.seek(SeekFrom::Start(start))?;
+                    let mut remaining = total;
+                    let mut buffer = vec![0u8; 64 * 1024];
+                    while remaining > 0 {
+                        let want = remaining.min(buffer.len() as u64) as usize;
+                        let n = reader.read(&mut buffer[..want])?;
+                        if n == 0 {
+                            return Err(std::io::Error::new(
+                                std::io::ErrorKind::UnexpectedEof,
+                                "blob shorter than catalogued",
+                            ));
+                        }
+                        remaining -= n as u64;
+                        if tx
+                            .blocking_send(Ok(Bytes::copy_from_slice(&buffer[..n])))
+                            .is_err()
+                        {
+                            return Ok(());
+                        }
+                    }
+                    Ok(())
+                })();
+                if let Err(error) = result {
+                    tracing::error!(recording = %id, %error, "audio read failed mid-stream");
+                    let _ = tx.blocking_send(Err(error));
+                }
+            });
+            let headers = response.headers_mut();
+            headers.insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static(content_type_of(&row.audio.container)),
+            );
+            headers.insert(
+                header::ACCEPT_RANGES,
+                header::HeaderValue::from_static("bytes"),
+            );
+            headers.insert(header::CONTENT_LENGTH, header::HeaderValue::from(total));
+            if range.is_some() {
+                *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+                if let Ok(value) =
+                    header::HeaderValue::from_str(&format!("bytes {start}-{end}/{}", row.size))
+                {
+                    response.headers_mut().insert(header::CONTENT_RANGE, value);
+                }
+            }
+        }
+    }
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    Ok(response)
+}
+
+/// `DELETE /v1/recordings/{id}` (dpo): erasure, deferred while held.
+pub(super) async fn delete(
+    state: &Arc<AppState>,
+    request: Request,
+    id: BlobId,
+) -> Result<Response<Body>, ApiError> {
+    let caller = request.caller.clone();
+    let idle = state.config.server.idle_timeout;
+    let body = request.json(64 * 1024, idle).await?;
+    let reason = body
+        .get("reason")
+        .and_then(|v| v.as_str())
+        .map(str::trim)
+        .unwrap_or("");
+    if reason.is_empty() || reason.len() > 500 {
+        return Err(ApiError::BadRequest(
+            "`reason` is required (1–500 characters)".into(),
+        ));
+    }
+    let draft = AuditDraft::new(
+        &caller.cn,
+        caller.role.as_str(),
+        "recording.delete",
+        &id.to_string(),
+        Outcome::Allowed,
+    )
+    .detail(format!("erasure: {reason}"));
+    let now = state.clock.now();
+    let lookup = state
+        .catalog
+        .call(move |catalog| catalog.recording(&id))
+        .await?;
+    match lookup {
+        Lookup::Deleted(tomb) => return Err(ApiError::Deleted(tomb)),
+        Lookup::NotFound => return Err(ApiError::NotFound),
+        Lookup::Found(_) => {}
+    }
+    let outcome = state
+        .catalog
+        .call(move |catalog| catalog.delete_recording(&id, "erasure", draft, now))
+        .await?;
+    match outcome {
+        Deletion::Deleted => {
+            let (catalog, vault) = (state.catalog.clone(), state.vault.clone());
+            tokio::task::spawn_blocking(move || unlink_and_checkpoint(&catalog, &vault, &[id]))
+                .await
+                .map_err(|e| ApiError::Internal(e.to_string()))?
+                .map_err(|e| ApiError::Internal(e.to_string()))?;
+            state
+                .metrics
+                .purged
+                .get_or_create(&vec![("reason", "erasure".to_owned())])
+                .inc();
+            Ok(json(
+                StatusCode::OK,
+                &serde_json::json!({ "id": id.to_string(), "status": "deleted", "deleted_at": format_time(now) }),
+            ))
+        }
+        Deletion::Deferred => Err(ApiError::HoldActive(format!(
+            "recording {id} is under a litigation hold: the erasure is recorded and will happen when the last hold is released"
+        ))),
+        Deletion::Absent => Err(ApiError::NotFound),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range("bytes=0-9", 100).unwrap(), (0, 9));
+        assert_eq!(parse_range("bytes=90-", 100).unwrap(), (90, 99));
+        assert_eq!(parse_range("bytes=-10", 100).unwrap(), (90, 99));
+        assert_eq!(parse_range("bytes=50-500", 100).unwrap(), (50, 99));
+        for bad in [
+            "bytes=100-",
+            "bytes=5-2",
+            "bytes=0-1,3-4",
+            "items=0-1",
+            "bytes=-0",
+            "bytes=x-1",
+        ] {
+            assert!(parse_range(bad, 100).is_err(), "{bad}");
+        }
+        assert!(parse_range("bytes=0-0", 0).is_err());
+    }
+
+    #[test]
+    fn supervisors_state_only_review_purposes() {
+        assert!(purpose_allowed(Role::Supervisor, "quality_review"));
+        assert!(purpose_allowed(Role::Supervisor, "training"));
+        assert!(!purpose_allowed(Role::Supervisor, "litigation"));
+        assert!(purpose_allowed(Role::Legal, "litigation"));
+        assert!(!purpose_allowed(Role::Operator, "training"));
+    }
+}
