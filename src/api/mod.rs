@@ -176,3 +176,52 @@ pub fn time_param(request: &Request, name: &str) -> Result<Option<jiff::Timestam
             .map_err(|_| ApiError::BadRequest(format!("`{name}` is not an RFC 3339 time"))),
     }
 }
+
+/// A response body fed by a blocking producer through a small channel (constant memory).
+pub fn channel_body() -> (
+    tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+    Body,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|item| (item.map(hyper::body::Frame::data), rx))
+    });
+    (tx, BodyExt::boxed(http_body_util::StreamBody::new(stream)))
+}
+
+/// Forwards `Write` calls to a response body in 64 KiB pieces.
+pub struct ChannelWriter {
+    pub tx: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+    pub buffer: Vec<u8>,
+}
+
+impl std::io::Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buffer.extend_from_slice(data);
+        if self.buffer.len() >= 64 * 1024 {
+            self.flush()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let piece = Bytes::from(std::mem::take(&mut self.buffer));
+        self.tx
+            .blocking_send(Ok(piece))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client went away"))
+    }
+}
+
+impl ChannelWriter {
+    pub fn new(tx: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>) -> ChannelWriter {
+        ChannelWriter {
+            tx,
+            buffer: Vec::with_capacity(64 * 1024),
+        }
+    }
+}

@@ -138,6 +138,7 @@ pub(crate) fn query(
             "SELECT {COLUMNS} FROM audit WHERE seq > ?1
                AND (?2 IS NULL OR at >= ?2) AND (?3 IS NULL OR at < ?3)
                AND (?4 IS NULL OR actor = ?4) AND (?5 IS NULL OR action = ?5)
+               AND (?7 IS NULL OR object = ?7)
              ORDER BY seq LIMIT ?6"
         ))
         .map_err(sql("audit query"))?;
@@ -149,7 +150,8 @@ pub(crate) fn query(
                 filter.to.map(secs),
                 filter.actor,
                 filter.action,
-                limit as i64
+                limit as i64,
+                filter.object
             ],
             entry_from_row,
         )

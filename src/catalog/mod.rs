@@ -236,6 +236,8 @@ pub struct AuditFilter {
     pub to: Option<jiff::Timestamp>,
     pub actor: Option<String>,
     pub action: Option<String>,
+    /// Entries about this object id.
+    pub object: Option<String>,
 }
 
 /// The catalog and its WAL hold wrapped keys and digests: owner-only.

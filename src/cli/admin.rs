@@ -87,6 +87,7 @@ pub(super) fn run(
                         to,
                         actor: None,
                         action: None,
+                        object: None,
                     };
                     let mut after = 0;
                     loop {

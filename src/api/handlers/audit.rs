@@ -19,6 +19,7 @@ pub(super) async fn list(
         to: time_param(&request, "to")?,
         actor: request.param("actor").map(str::to_owned),
         action: request.param("action").map(str::to_owned),
+        object: request.param("object").map(str::to_owned),
     };
     let after = match request.param("cursor") {
         None => 0,

@@ -3,6 +3,7 @@
 //! the JSON answer.
 
 mod audit;
+mod policy;
 mod recordings;
 mod status;
 
@@ -23,18 +24,30 @@ pub async fn dispatch(state: &Arc<AppState>, request: Request) -> Result<Respons
         Endpoint::AlarmContacts { .. } => Err(ApiError::NotImplemented("trusted contacts")),
         Endpoint::AlarmList => Err(ApiError::NotImplemented("alarm cases")),
         Endpoint::AlarmPost => Err(ApiError::NotImplemented("alarm events")),
-        Endpoint::CallObjection { .. } => Err(ApiError::NotImplemented("call objections")),
+        Endpoint::CallObjection { call_id } => {
+            let call_id = call_id.clone();
+            policy::call_objection(state, request, call_id).await
+        }
         Endpoint::ContactsDelete { .. } => Err(ApiError::NotImplemented("trusted contacts")),
         Endpoint::ContactsPut { .. } => Err(ApiError::NotImplemented("trusted contacts")),
-        Endpoint::HoldExport { .. } => Err(ApiError::NotImplemented("hold exports")),
-        Endpoint::HoldGet { .. } => Err(ApiError::NotImplemented("litigation holds")),
-        Endpoint::HoldList => Err(ApiError::NotImplemented("litigation holds")),
-        Endpoint::HoldPlace => Err(ApiError::NotImplemented("litigation holds")),
-        Endpoint::HoldRelease { .. } => Err(ApiError::NotImplemented("litigation holds")),
-        Endpoint::ObjectionCreate => Err(ApiError::NotImplemented("objections")),
-        Endpoint::ObjectionList => Err(ApiError::NotImplemented("objections")),
-        Endpoint::ObjectionWithdraw { .. } => Err(ApiError::NotImplemented("objections")),
-        Endpoint::QuarantineList => Err(ApiError::NotImplemented("quarantine")),
+        Endpoint::HoldExport { id } => {
+            let id = id.clone();
+            policy::hold_export(state, request, id).await
+        }
+        Endpoint::HoldGet { id } => policy::hold_get(state, id.clone()).await,
+        Endpoint::HoldList => policy::hold_list(state, request).await,
+        Endpoint::HoldPlace => policy::hold_place(state, request).await,
+        Endpoint::HoldRelease { id } => {
+            let id = id.clone();
+            policy::hold_release(state, request, id).await
+        }
+        Endpoint::ObjectionCreate => policy::objection_create(state, request).await,
+        Endpoint::ObjectionList => policy::objection_list(state, request).await,
+        Endpoint::ObjectionWithdraw { id } => {
+            let id = id.clone();
+            policy::objection_withdraw(state, request, id).await
+        }
+        Endpoint::QuarantineList => policy::quarantine_list(state, request).await,
         Endpoint::RecordingAudio { id } => {
             let id = *id;
             recordings::audio(state, request, id).await
@@ -49,7 +62,7 @@ pub async fn dispatch(state: &Arc<AppState>, request: Request) -> Result<Respons
         }
         Endpoint::RecordingList => recordings::list(state, request).await,
         Endpoint::RecordingUpload => recordings::upload(state, request).await,
-        Endpoint::SubjectExport => Err(ApiError::NotImplemented("subject exports")),
-        Endpoint::SubjectRecordings => Err(ApiError::NotImplemented("subject access")),
+        Endpoint::SubjectExport => policy::subject_export(state, request).await,
+        Endpoint::SubjectRecordings => policy::subject_recordings(state, request).await,
     }
 }

@@ -3,17 +3,20 @@
 //! Range, or `format=wav` playback), and erasure (dpo, deferred while held).
 
 use std::io::{Read, Seek, SeekFrom, Write};
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, StreamBody};
-use hyper::body::{Frame, Incoming};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
 use hyper::{Response, StatusCode, header};
 
 use crate::access::Role;
 use crate::api::error::ApiError;
-use crate::api::{AppState, Body, Request, json, limit_param, page, time_param};
+use crate::api::{
+    AppState, Body, ChannelWriter, Request, channel_body, json, limit_param, page, time_param,
+};
 use crate::audit::chain::{AuditDraft, Outcome, format_time};
 use crate::catalog::policy::Deletion;
 use crate::catalog::recordings::{Lookup, RecordingCursor, RecordingFilter, RecordingRow};
@@ -450,44 +453,6 @@ fn content_type_of(container: &str) -> &'static str {
         "mp3" => "audio/mpeg",
         "ogg" => "audio/ogg",
         _ => "application/octet-stream",
-    }
-}
-
-/// A response body fed by a blocking producer through a small channel (constant memory).
-fn channel_body() -> (
-    tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
-    Body,
-) {
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item.map(Frame::data), rx))
-    });
-    (tx, BodyExt::boxed(StreamBody::new(stream)))
-}
-
-/// Forwards `Write` calls to a response body in 64 KiB pieces.
-struct ChannelWriter {
-    tx: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
-    buffer: Vec<u8>,
-}
-
-impl Write for ChannelWriter {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        self.buffer.extend_from_slice(data);
-        if self.buffer.len() >= 64 * 1024 {
-            self.flush()?;
-        }
-        Ok(data.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        if self.buffer.is_empty() {
-            return Ok(());
-        }
-        let piece = Bytes::from(std::mem::take(&mut self.buffer));
-        self.tx
-            .blocking_send(Ok(piece))
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client went away"))
     }
 }
 

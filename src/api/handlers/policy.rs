@@ -1,0 +1,695 @@
+//! Privacy-policy endpoints: objections (caller and call level, withdrawal), litigation holds
+//! (place, list, detail, release, evidence export), data-subject access and export, and the
+//! quarantine list. Decisions live in `objections`, `retention` and the catalog's transactions;
+//! this file parses, calls and shapes answers.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use hyper::{Response, StatusCode, header};
+
+use crate::api::error::ApiError;
+use crate::api::handlers::recordings::{filter_of, list_page};
+use crate::api::{AppState, Body, ChannelWriter, Request, channel_body, json, limit_param, page};
+use crate::audit::chain::{AuditDraft, Outcome, format_time};
+use crate::catalog::AuditFilter;
+use crate::catalog::policy::{Deletion, HoldRow, HoldSelector};
+use crate::catalog::recordings::{Lookup, RecordingFilter, RecordingRow};
+use crate::ingest::metadata::PhoneNumber;
+use crate::ingest::{ACCOUNT_DOMAIN, open_personal};
+use crate::objections::{CALLER_DOMAIN, Objections, Source};
+use crate::retention::purge::unlink_and_checkpoint;
+use crate::vault::BlobId;
+use crate::vault::store::PlainReader;
+
+const JSON_LIMIT: usize = 1 << 20;
+
+fn text_field<'v>(
+    body: &'v serde_json::Value,
+    name: &str,
+    max: usize,
+) -> Result<&'v str, ApiError> {
+    let value = body
+        .get(name)
+        .and_then(|v| v.as_str())
+        .map(str::trim)
+        .unwrap_or("");
+    if value.is_empty() || value.chars().count() > max || value.chars().any(char::is_control) {
+        return Err(ApiError::BadRequest(format!(
+            "`{name}` is required: 1–{max} printable characters"
+        )));
+    }
+    Ok(value)
+}
+
+fn phone(text: &str, field: &str) -> Result<PhoneNumber, ApiError> {
+    PhoneNumber::parse(text)
+        .map_err(|e| ApiError::BadRequest(format!("`{field}` is not a phone number: {e}")))
+}
+
+/// Runs blocking registry work on a blocking thread.
+async fn with_registry<T, F>(state: &Arc<AppState>, work: F) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    F: FnOnce(&Objections<'_>) -> Result<T, crate::objections::ObjectionError> + Send + 'static,
+{
+    let shared = state.clone();
+    tokio::task::spawn_blocking(move || {
+        let registry = Objections {
+            catalog: &shared.catalog,
+            vault: &shared.vault,
+            keyring: &shared.keyring,
+        };
+        work(&registry)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))?
+    .map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+/// `POST /v1/objections` (dpo, operator).
+pub(super) async fn objection_create(
+    state: &Arc<AppState>,
+    request: Request,
+) -> Result<Response<Body>, ApiError> {
+    let caller = request.caller.clone();
+    let body = request
+        .json(JSON_LIMIT, state.config.server.idle_timeout)
+        .await?;
+    let number = phone(text_field(&body, "caller", 64)?, "caller")?;
+    let source_text = text_field(&body, "source", 16)?;
+    let source = Source::parse(source_text).ok_or_else(|| {
+        ApiError::BadRequest(format!(
+            "`source` `{source_text}` is not one of call, letter, email, web"
+        ))
+    })?;
+    let reference = match body.get("reference") {
+        None | Some(serde_json::Value::Null) => String::new(),
+        Some(_) => text_field(&body, "reference", 200)?.to_owned(),
+    };
+    let now = state.clock.now();
+    let registered = with_registry(state, move |registry| {
+        registry.register(
+            &number,
+            source,
+            &reference,
+            &caller.cn,
+            caller.role.as_str(),
+            now,
+        )
+    })
+    .await?;
+    state
+        .metrics
+        .purged
+        .get_or_create(&vec![("reason", "objection".to_owned())])
+        .inc_by(registered.recordings_deleted);
+    Ok(json(
+        StatusCode::CREATED,
+        &serde_json::json!({
+            "id": registered.id,
+            "recordings_deleted": registered.recordings_deleted,
+            "recordings_deferred": registered.recordings_deferred,
+        }),
+    ))
+}
+
+/// `POST /v1/calls/{call_id}/objection` (operator).
+pub(super) async fn call_objection(
+    state: &Arc<AppState>,
+    request: Request,
+    call_id: String,
+) -> Result<Response<Body>, ApiError> {
+    let caller = request.caller.clone();
+    let now = state.clock.now();
+    let outcome = with_registry(state, move |registry| {
+        registry.register_call(&call_id, &caller.cn, caller.role.as_str(), now)
+    })
+    .await?;
+    let recording = match outcome {
+        Deletion::Deleted => "deleted",
+        Deletion::Deferred => "deferred",
+        Deletion::Absent => "not_yet_received",
+    };
+    Ok(json(
+        StatusCode::CREATED,
+        &serde_json::json!({ "status": "recorded", "recording": recording }),
+    ))
+}
+
+/// `GET /v1/objections` (dpo).
+pub(super) async fn objection_list(
+    state: &Arc<AppState>,
+    request: Request,
+) -> Result<Response<Body>, ApiError> {
+    let limit = limit_param(&request)?;
+    let after = request.param("cursor").map(str::to_owned);
+    let rows = state
+        .catalog
+        .call(move |catalog| catalog.objection_list(after.as_deref(), limit + 1))
+        .await?;
+    let has_more = rows.len() > limit;
+    let items = rows
+        .iter()
+        .take(limit)
+        .map(|row| {
+            serde_json::json!({
+                "id": row.id,
+                "date": format_time(row.created_at),
+                "source": row.source,
+                "reference": row.reference,
+                "last_digits": row.last_digits,
+                "withdrawn_at": row.withdrawn_at.map(format_time),
+            })
+        })
+        .collect();
+    let next = match has_more {
+        true => rows.get(limit - 1).map(|row| row.id.clone()),
+        false => None,
+    };
+    Ok(page(items, next))
+}
+
+/// `DELETE /v1/objections/{id}` (dpo).
+pub(super) async fn objection_withdraw(
+    state: &Arc<AppState>,
+    request: Request,
+    id: String,
+) -> Result<Response<Body>, ApiError> {
+    let caller = request.caller.clone();
+    let now = state.clock.now();
+    let target = id.clone();
+    let withdrawn = with_registry(state, move |registry| {
+        registry.withdraw(&target, &caller.cn, caller.role.as_str(), now)
+    })
+    .await?;
+    match withdrawn {
+        true => Ok(json(
+            StatusCode::OK,
+            &serde_json::json!({ "id": id, "status": "withdrawn", "withdrawn_at": format_time(now) }),
+        )),
+        false => Err(ApiError::NotFound),
+    }
+}
+
+fn hold_json(hold: &HoldRow) -> serde_json::Value {
+    serde_json::json!({
+        "id": hold.id,
+        "case_ref": hold.case_ref,
+        "reason": hold.reason,
+        "selector": hold.selector_kind,
+        "include_future": hold.include_future,
+        "placed_by": hold.placed_by,
+        "placed_at": format_time(hold.placed_at),
+        "state": match hold.released_at { Some(_) => "released", None => "active" },
+        "released_at": hold.released_at.map(format_time),
+        "released_by": hold.released_by,
+        "release_reason": hold.release_reason,
+        "recordings": hold.covered,
+    })
+}
+
+/// `POST /v1/holds` (legal).
+pub(super) async fn hold_place(
+    state: &Arc<AppState>,
+    request: Request,
+) -> Result<Response<Body>, ApiError> {
+    let caller = request.caller.clone();
+    let body = request
+        .json(JSON_LIMIT, state.config.server.idle_timeout)
+        .await?;
+    let case_ref = text_field(&body, "case_ref", 200)?.to_owned();
+    let reason = text_field(&body, "reason", 500)?.to_owned();
+    let include_future = match body.get("include_future") {
+        None | Some(serde_json::Value::Null) => false,
+        Some(serde_json::Value::Bool(flag)) => *flag,
+        Some(_) => {
+            return Err(ApiError::BadRequest(
+                "`include_future` must be true or false".into(),
+            ));
+        }
+    };
+    let selector = body.get("selector").and_then(|v| v.as_object()).ok_or_else(|| {
+        ApiError::BadRequest("`selector` is required: {\"recording_ids\": [...]}, {\"account\"}, {\"caller\"} or {\"from\", \"to\"}".into())
+    })?;
+    let selector = match (
+        selector.get("recording_ids"),
+        selector.get("account"),
+        selector.get("caller"),
+        selector.get("from"),
+        selector.get("to"),
+    ) {
+        (Some(ids), None, None, None, None) => {
+            let ids = ids
+                .as_array()
+                .ok_or_else(|| ApiError::BadRequest("`recording_ids` must be an array".into()))?;
+            if ids.is_empty() || ids.len() > 10_000 {
+                return Err(ApiError::BadRequest(
+                    "`recording_ids` must hold 1 to 10000 ids".into(),
+                ));
+            }
+            let mut parsed = Vec::new();
+            for id in ids {
+                let text = id.as_str().unwrap_or("");
+                parsed.push(BlobId::parse(text).ok_or_else(|| {
+                    ApiError::BadRequest(format!("`{text}` is not a recording id"))
+                })?);
+            }
+            HoldSelector::Ids(parsed)
+        }
+        (None, Some(account), None, None, None) => {
+            let account = account
+                .as_str()
+                .filter(|a| !a.is_empty())
+                .ok_or_else(|| ApiError::BadRequest("`account` must be a string".into()))?;
+            HoldSelector::Account(state.keyring.digest(ACCOUNT_DOMAIN, account))
+        }
+        (None, None, Some(number), None, None) => {
+            let number = phone(number.as_str().unwrap_or(""), "selector.caller")?;
+            HoldSelector::Caller(state.keyring.digest(CALLER_DOMAIN, number.as_str()))
+        }
+        (None, None, None, Some(from), Some(to)) => {
+            let time = |value: &serde_json::Value, name: &str| {
+                value
+                    .as_str()
+                    .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+                    .ok_or_else(|| {
+                        ApiError::BadRequest(format!("`selector.{name}` is not an RFC 3339 time"))
+                    })
+            };
+            let (from, to) = (time(from, "from")?, time(to, "to")?);
+            if to <= from {
+                return Err(ApiError::BadRequest(
+                    "`selector.to` must be after `selector.from`".into(),
+                ));
+            }
+            HoldSelector::Range { from, to }
+        }
+        _ => {
+            return Err(ApiError::BadRequest(
+                "`selector` must have exactly one of recording_ids, account, caller, or from+to"
+                    .into(),
+            ));
+        }
+    };
+    let id = format!("hold_{}", BlobId::generate());
+    let now = state.clock.now();
+    let hold_id = id.clone();
+    let covered = state
+        .catalog
+        .call(move |catalog| {
+            let audit = |n: u64| {
+                AuditDraft::new(
+                    &caller.cn,
+                    caller.role.as_str(),
+                    "hold.place",
+                    &hold_id,
+                    Outcome::Allowed,
+                )
+                .detail(format!("{n} recordings, include_future {include_future}"))
+            };
+            catalog.hold_place(
+                &hold_id,
+                &case_ref,
+                &reason,
+                &selector,
+                include_future,
+                &caller.cn,
+                &audit,
+                now,
+            )
+        })
+        .await?;
+    state.metrics.holds_active.inc();
+    Ok(json(
+        StatusCode::CREATED,
+        &serde_json::json!({ "id": id, "recordings": covered }),
+    ))
+}
+
+/// `GET /v1/holds` (legal, dpo).
+pub(super) async fn hold_list(
+    state: &Arc<AppState>,
+    request: Request,
+) -> Result<Response<Body>, ApiError> {
+    let limit = limit_param(&request)?;
+    let after = request.param("cursor").map(str::to_owned);
+    let rows = state
+        .catalog
+        .call(move |catalog| catalog.hold_list(after.as_deref(), limit + 1))
+        .await?;
+    let has_more = rows.len() > limit;
+    let items = rows.iter().take(limit).map(hold_json).collect();
+    let next = match has_more {
+        true => rows.get(limit - 1).map(|row| row.id.clone()),
+        false => None,
+    };
+    Ok(page(items, next))
+}
+
+/// `GET /v1/holds/{id}` (legal, dpo).
+pub(super) async fn hold_get(
+    state: &Arc<AppState>,
+    id: String,
+) -> Result<Response<Body>, ApiError> {
+    let found = state
+        .catalog
+        .call(move |catalog| catalog.hold_get(&id))
+        .await?;
+    let (hold, covered) = found.ok_or(ApiError::NotFound)?;
+    let mut value = hold_json(&hold);
+    value["recording_ids"] = covered.iter().map(|id| id.to_string()).collect();
+    Ok(json(StatusCode::OK, &value))
+}
+
+/// `POST /v1/holds/{id}/release` (legal).
+pub(super) async fn hold_release(
+    state: &Arc<AppState>,
+    request: Request,
+    id: String,
+) -> Result<Response<Body>, ApiError> {
+    let caller = request.caller.clone();
+    let body = request
+        .json(JSON_LIMIT, state.config.server.idle_timeout)
+        .await?;
+    let reason = text_field(&body, "reason", 500)?.to_owned();
+    let now = state.clock.now();
+    let hold_id = id.clone();
+    let released = state
+        .catalog
+        .call(move |catalog| {
+            let audit = AuditDraft::new(
+                &caller.cn,
+                caller.role.as_str(),
+                "hold.release",
+                &hold_id,
+                Outcome::Allowed,
+            )
+            .detail(reason.clone());
+            let deletion = |recording: &BlobId, why: &str| {
+                AuditDraft::new(
+                    &caller.cn,
+                    caller.role.as_str(),
+                    "recording.delete",
+                    &recording.to_string(),
+                    Outcome::Allowed,
+                )
+                .detail(format!("{why} (deferred until release of {hold_id})"))
+            };
+            catalog.hold_release(&hold_id, &reason, &caller.cn, audit, &deletion, now)
+        })
+        .await?;
+    let deleted = released.ok_or(ApiError::NotFound)?;
+    let (catalog, vault) = (state.catalog.clone(), state.vault.clone());
+    let to_unlink = deleted.clone();
+    tokio::task::spawn_blocking(move || unlink_and_checkpoint(&catalog, &vault, &to_unlink))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    state.metrics.holds_active.dec();
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({ "id": id, "status": "released", "released_at": format_time(now), "recordings_deleted": deleted.len() }),
+    ))
+}
+
+/// `GET /v1/holds/{id}/export` (legal): a tar of the held audio and a manifest.
+pub(super) async fn hold_export(
+    state: &Arc<AppState>,
+    request: Request,
+    id: String,
+) -> Result<Response<Body>, ApiError> {
+    let hold_id = id.clone();
+    let found = state
+        .catalog
+        .call(move |catalog| catalog.hold_get(&hold_id))
+        .await?;
+    let (hold, covered) = found.ok_or(ApiError::NotFound)?;
+    let context = serde_json::json!({ "hold": hold_json(&hold) });
+    export(
+        state,
+        &request,
+        covered,
+        "litigation",
+        &format!("hold {id}"),
+        context,
+        &format!("{id}.tar"),
+    )
+    .await
+}
+
+/// `GET /v1/subjects/recordings?caller=` (dpo).
+pub(super) async fn subject_recordings(
+    state: &Arc<AppState>,
+    request: Request,
+) -> Result<Response<Body>, ApiError> {
+    if request.param("caller").is_none() {
+        return Err(ApiError::BadRequest("`caller` is required".into()));
+    }
+    let filter = filter_of(state, &request)?;
+    list_page(state, &request, filter).await
+}
+
+/// `GET /v1/subjects/export?caller=` (dpo): access and portability, as a tar.
+pub(super) async fn subject_export(
+    state: &Arc<AppState>,
+    request: Request,
+) -> Result<Response<Body>, ApiError> {
+    let number = phone(
+        request
+            .param("caller")
+            .ok_or_else(|| ApiError::BadRequest("`caller` is required".into()))?,
+        "caller",
+    )?;
+    let filter = RecordingFilter {
+        caller_hmac: Some(state.keyring.digest(CALLER_DOMAIN, number.as_str())),
+        ..RecordingFilter::default()
+    };
+    let ids = state
+        .catalog
+        .call(move |catalog| {
+            let mut ids = Vec::new();
+            let mut cursor = None;
+            loop {
+                let rows = catalog.search_recordings(&filter, cursor, 1000)?;
+                let Some(last) = rows.last() else { break };
+                cursor = Some(crate::catalog::recordings::RecordingCursor {
+                    started_at: last.started_at,
+                    id: last.id,
+                });
+                ids.extend(rows.iter().map(|row| row.id));
+            }
+            Ok(ids)
+        })
+        .await?;
+    let context = serde_json::json!({ "subject": { "caller": number.as_str() } });
+    export(
+        state,
+        &request,
+        ids,
+        "data_subject_request",
+        "subject access request",
+        context,
+        "subject-export.tar",
+    )
+    .await
+}
+
+/// Streams a tar of `ids`' original audio plus `manifest.json` (metadata, SHA-256 recorded at
+/// ingest, the audit entries about each recording, the audit chain head). Each read is audited
+/// with `purpose` before the stream starts. Recordings no longer readable are listed as such.
+async fn export(
+    state: &Arc<AppState>,
+    request: &Request,
+    ids: Vec<BlobId>,
+    purpose: &'static str,
+    what: &str,
+    context: serde_json::Value,
+    file_name: &str,
+) -> Result<Response<Body>, ApiError> {
+    let caller = request.caller.clone();
+    let now = state.clock.now();
+    let what = what.to_owned();
+    let (rows, receipts, audit_entries, head) = state
+        .catalog
+        .call(move |catalog| {
+            let mut rows = Vec::new();
+            let mut receipts = Vec::new();
+            for id in ids {
+                if let Lookup::Found(row) = catalog.recording(&id)? {
+                    let draft = AuditDraft::new(
+                        &caller.cn,
+                        caller.role.as_str(),
+                        "recording.read_audio",
+                        &id.to_string(),
+                        Outcome::Allowed,
+                    )
+                    .purpose(purpose)
+                    .detail(format!("export: {what}"));
+                    receipts.push(catalog.audit(draft, now)?);
+                    rows.push(*row);
+                }
+            }
+            let mut entries = Vec::new();
+            for row in &rows {
+                let filter = AuditFilter {
+                    object: Some(row.id.to_string()),
+                    ..AuditFilter::default()
+                };
+                let mut after = 0;
+                loop {
+                    let batch = catalog.audit_query(&filter, after, 1000)?;
+                    let Some(last) = batch.last() else { break };
+                    after = last.seq;
+                    entries.extend(batch);
+                }
+            }
+            Ok((rows, receipts, entries, catalog.audit_head()?))
+        })
+        .await?;
+    state
+        .metrics
+        .audio_reads
+        .get_or_create(&vec![("purpose", purpose.to_owned())])
+        .inc_by(rows.len() as u64);
+
+    let mut manifest_recordings = Vec::new();
+    let mut files = Vec::new();
+    for row in &rows {
+        let personal = open_personal(&state.keyring, row)?;
+        let name = format!("{}.{}", row.id, extension_of(row));
+        manifest_recordings.push(serde_json::json!({
+            "id": row.id.to_string(),
+            "file": name,
+            "sha256": hex::encode(row.sha256),
+            "size": row.size,
+            "call_id": personal.call_id,
+            "caller": personal.caller,
+            "callee": personal.callee,
+            "account": personal.account,
+            "operator": personal.operator,
+            "alarm_case": row.alarm_case,
+            "started_at": format_time(row.started_at),
+            "direction": row.direction,
+            "codec": row.audio.codec,
+            "duration_ms": row.audio.duration_ms,
+            "retain_until": format_time(row.retain_until),
+        }));
+        let key = state.keyring.recording_key(&row.id, &row.wrapped_key)?;
+        files.push((name, row.clone(), key));
+    }
+    let mut manifest = context;
+    manifest["exported_at"] = format_time(now).into();
+    manifest["exported_by"] = request.caller.cn.clone().into();
+    manifest["recordings"] = manifest_recordings.into();
+    manifest["audit_entries"] = audit_entries.iter().map(crate::audit::entry_json).collect();
+    manifest["audit_head"] = match head {
+        Some((seq, hash)) => serde_json::json!({ "seq": seq, "hash": hex::encode(hash) }),
+        None => serde_json::Value::Null,
+    };
+    let manifest =
+        serde_json::to_vec_pretty(&manifest).map_err(|e| ApiError::Internal(e.to_string()))?;
+
+    let (tx, body) = channel_body();
+    let vault = state.vault.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut writer = ChannelWriter::new(tx.clone());
+        let result = (|| -> std::io::Result<()> {
+            let mut tar = tar::Builder::new(&mut writer);
+            let mut header = tar::Header::new_gnu();
+            header.set_size(manifest.len() as u64);
+            header.set_mode(0o600);
+            header.set_mtime(now.as_second().max(0) as u64);
+            tar.append_data(&mut header, "manifest.json", manifest.as_slice())?;
+            for ((name, row, key), receipt) in files.iter().zip(receipts.iter()) {
+                let reader = PlainReader::open(&vault, row.id, key, receipt)
+                    .map_err(std::io::Error::other)?;
+                let mut header = tar::Header::new_gnu();
+                header.set_size(row.size);
+                header.set_mode(0o600);
+                header.set_mtime(row.started_at.as_second().max(0) as u64);
+                tar.append_data(&mut header, name, reader)?;
+            }
+            tar.finish()?;
+            drop(tar);
+            writer.flush()
+        })();
+        if let Err(error) = result {
+            tracing::error!(%error, "export failed mid-stream");
+            let _ = tx.blocking_send(Err(error));
+        }
+    });
+    let mut response = Response::new(body);
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/x-tar"),
+    );
+    headers.insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    if let Ok(value) =
+        header::HeaderValue::from_str(&format!("attachment; filename=\"{file_name}\""))
+    {
+        headers.insert(header::CONTENT_DISPOSITION, value);
+    }
+    Ok(response)
+}
+
+fn extension_of(row: &RecordingRow) -> &'static str {
+    match (row.audio.container.as_str(), row.audio.codec.as_str()) {
+        ("wav", _) => "wav",
+        ("flac", _) => "flac",
+        ("mp3", _) => "mp3",
+        ("ogg", "opus") => "opus",
+        ("ogg", _) => "ogg",
+        ("raw", "pcm_mulaw") => "ulaw",
+        ("raw", "pcm_alaw") => "alaw",
+        ("raw", "pcm_s16le") => "sln",
+        ("raw", "gsm") => "gsm",
+        _ => "bin",
+    }
+}
+
+/// `GET /v1/quarantine` (dpo).
+pub(super) async fn quarantine_list(
+    state: &Arc<AppState>,
+    request: Request,
+) -> Result<Response<Body>, ApiError> {
+    let limit = limit_param(&request)?;
+    let after = request.param("cursor").map(str::to_owned);
+    let rows = state
+        .catalog
+        .call(move |catalog| catalog.quarantine_list(after.as_deref(), limit + 1))
+        .await?;
+    let has_more = rows.len() > limit;
+    let mut items = Vec::new();
+    for row in rows.iter().take(limit) {
+        let name = state
+            .keyring
+            .key(&format!("quarantine/{}", row.id), &row.wrapped_key)
+            .and_then(|key| {
+                key.open(
+                    format!("quarantine/{}/name", row.id).as_bytes(),
+                    &row.sealed_name,
+                )
+            })
+            .map(|plain| String::from_utf8_lossy(&plain).into_owned())
+            .ok();
+        items.push(serde_json::json!({
+            "id": row.id,
+            "file_name": name,
+            "reason": row.reason,
+            "size": row.size,
+            "sha256": hex::encode(row.sha256),
+            "received_at": format_time(row.received_at),
+            "retain_until": format_time(row.retain_until),
+        }));
+    }
+    let next = match has_more {
+        true => rows.get(limit - 1).map(|row| row.id.clone()),
+        false => None,
+    };
+    Ok(page(items, next))
+}
