@@ -7,4 +7,5 @@ mod support;
 
 mod api_tls;
 mod cli_admin;
+mod retention;
 mod tidy;

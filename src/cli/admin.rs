@@ -105,15 +105,11 @@ pub(super) fn run(
         Command::Keys {
             command: KeysCommand::Rotate { new_key },
         } => rotate(&config, &new_key, &actor, &clock),
-        Command::Report => report(&config),
-        Command::Purge { .. } => {
-            bail!("purge is not available in this version (retention engine pending)")
-        }
+        Command::Report => report(&config, &clock),
+        Command::Purge { dry_run } => purge(&config, &actor, &clock, dry_run),
         Command::Quarantine {
             command: QuarantineCommand::List,
-        } => {
-            bail!("quarantine is not available in this version (spool ingest pending)")
-        }
+        } => quarantine_list(&config),
     }
 }
 
@@ -223,11 +219,117 @@ fn rotate(
     Ok(ExitCode::SUCCESS)
 }
 
-fn report(config: &Config) -> anyhow::Result<ExitCode> {
+fn purge(
+    config: &Config,
+    actor: &str,
+    clock: &SharedClock,
+    dry_run: bool,
+) -> anyhow::Result<ExitCode> {
     let catalog = open_catalog(config)?;
     let vault = Vault::open(&config.vault_dir())?;
+    let now = clock.now();
+    let report = crate::retention::purge::run_once(
+        &catalog,
+        &vault,
+        &config.retention,
+        actor,
+        now,
+        dry_run,
+    )?;
+    let verb = match dry_run {
+        true => "would delete",
+        false => "deleted",
+    };
+    for (id, reason) in &report.deleted {
+        println!("{verb}\t{id}\t{reason}");
+    }
+    for (id, why) in &report.kept {
+        match why {
+            crate::retention::Keep::Held(holds) => {
+                println!("kept\t{id}\theld by {}", holds.join(", "))
+            }
+            crate::retention::Keep::NotExpired => println!("kept\t{id}\tnot expired"),
+        }
+    }
+    println!(
+        "{} recordings {verb}, {} kept past retention (held){}",
+        report.deleted.len(),
+        report.kept.len(),
+        match dry_run {
+            true => String::new(),
+            false => format!(
+                ", {} quarantined files expired, {} audit entries pruned",
+                report.quarantine_expired, report.audit_pruned
+            ),
+        }
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn quarantine_list(config: &Config) -> anyhow::Result<ExitCode> {
+    let catalog = open_catalog(config)?;
+    let mut after: Option<String> = None;
+    let mut n = 0;
+    loop {
+        let rows = catalog.quarantine_list(after.as_deref(), 500)?;
+        let Some(last) = rows.last() else { break };
+        after = Some(last.id.clone());
+        for row in &rows {
+            n += 1;
+            println!(
+                "{}\t{}\t{} bytes\tkept until {}\t{}",
+                row.id,
+                crate::audit::chain::format_time(row.received_at),
+                row.size,
+                crate::audit::chain::format_time(row.retain_until),
+                row.reason
+            );
+        }
+    }
+    if n == 0 {
+        println!("quarantine is empty");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn report(config: &Config, clock: &SharedClock) -> anyhow::Result<ExitCode> {
+    let catalog = open_catalog(config)?;
+    let vault = Vault::open(&config.vault_dir())?;
+    let now = clock.now();
     let (stored, missing, deleted) = catalog.recording_counts()?;
     println!("recordings: {stored} stored, {missing} missing, {deleted} deleted (tombstones)");
+    let dry = crate::retention::purge::run_once(
+        &catalog,
+        &vault,
+        &config.retention,
+        "report",
+        now,
+        true,
+    )?;
+    println!(
+        "past retention: {} to delete at the next purge, {} kept by holds",
+        dry.deleted.len(),
+        dry.kept.len()
+    );
+    println!("next expiries:");
+    for (id, at) in catalog.next_expiries(now, 5)? {
+        println!("  {}\t{id}", crate::audit::chain::format_time(at));
+    }
+    let holds = catalog.hold_list(None, 1000)?;
+    let active: Vec<_> = holds.iter().filter(|h| h.released_at.is_none()).collect();
+    println!("active holds: {}", active.len());
+    for hold in active {
+        println!(
+            "  {}\tcase {}\t{} recordings\tsince {}",
+            hold.id,
+            hold.case_ref,
+            hold.covered,
+            crate::audit::chain::format_time(hold.placed_at)
+        );
+    }
+    let (objections, quarantined) = catalog.policy_counts()?;
+    println!("active objections: {objections}");
+    println!("quarantine: {quarantined} files");
     println!("vault disk use: {} bytes", vault.disk_usage());
     let head = catalog
         .audit_head()?

@@ -1,0 +1,283 @@
+//! Retention, holds, objections, erasure and exports through the real server and CLI: the
+//! guarantees 2–5 of SPEC §4 as a user sees them. Time-dependent cases use past `started_at`
+//! values and `callguard purge`, never waits.
+
+use std::io::Read;
+
+use sha2::{Digest, Sha256};
+
+use crate::support::{Client, Setup};
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A small 8 kHz 16-bit mono WAV whose samples depend on `seed`.
+fn wav(seed: u32) -> Vec<u8> {
+    let n: u32 = 4000;
+    let mut out = Vec::new();
+    out.extend_from_slice(b"RIFF");
+    out.extend_from_slice(&(36 + n * 2).to_le_bytes());
+    out.extend_from_slice(b"WAVEfmt ");
+    out.extend_from_slice(&16u32.to_le_bytes());
+    out.extend_from_slice(&1u16.to_le_bytes());
+    out.extend_from_slice(&1u16.to_le_bytes());
+    out.extend_from_slice(&8000u32.to_le_bytes());
+    out.extend_from_slice(&16000u32.to_le_bytes());
+    out.extend_from_slice(&2u16.to_le_bytes());
+    out.extend_from_slice(&16u16.to_le_bytes());
+    out.extend_from_slice(b"data");
+    out.extend_from_slice(&(n * 2).to_le_bytes());
+    for i in 0..n {
+        let value = ((i.wrapping_mul(seed * 37 + 11)) % 20000) as i16 - 10000;
+        out.extend_from_slice(&value.to_le_bytes());
+    }
+    out
+}
+
+/// Uploads one recording; returns the answer.
+async fn upload(
+    client: &Client,
+    meta: serde_json::Value,
+    audio: &[u8],
+) -> crate::support::client::Response {
+    let boundary = "cgboundary7MA4YWxkTrZu0gW";
+    let mut body = Vec::new();
+    body.extend_from_slice(
+        format!("--{boundary}\r\nContent-Disposition: form-data; name=\"metadata\"\r\nContent-Type: application/json\r\n\r\n{meta}\r\n").as_bytes(),
+    );
+    body.extend_from_slice(
+        format!("--{boundary}\r\nContent-Disposition: form-data; name=\"audio\"; filename=\"call.wav\"\r\nContent-Type: audio/wav\r\n\r\n")
+            .as_bytes(),
+    );
+    body.extend_from_slice(audio);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    let content_type = format!("multipart/form-data; boundary={boundary}");
+    client
+        .send(
+            hyper::Method::POST,
+            "/v1/recordings",
+            &[("content-type", &content_type)],
+            bytes::Bytes::from(body),
+        )
+        .await
+        .unwrap()
+}
+
+fn meta(call_id: &str, started_at: &str, caller: &str, account: Option<&str>) -> serde_json::Value {
+    serde_json::json!({
+        "call_id": call_id, "started_at": started_at, "direction": "inbound",
+        "caller": caller, "callee": "0145678900", "account": account,
+    })
+}
+
+async fn stored(client: &Client, meta: serde_json::Value, audio: &[u8]) -> String {
+    let response = upload(client, meta, audio).await;
+    assert_eq!(
+        response.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&response.body)
+    );
+    response.json()["id"].as_str().unwrap().to_owned()
+}
+
+#[expect(
+    clippy::disallowed_methods,
+    reason = "the test inspects the database directly"
+)]
+fn rows_with_id(setup: &Setup, id: &str) -> i64 {
+    let db = rusqlite::Connection::open(setup.data.join("catalog.sqlite")).unwrap();
+    db.query_row(
+        "SELECT count(*) FROM recordings WHERE id = ?1",
+        [id],
+        |row| row.get(0),
+    )
+    .unwrap()
+}
+
+fn blob_exists(setup: &Setup, id: &str) -> bool {
+    setup
+        .data
+        .join("vault")
+        .join(&id[..2])
+        .join(format!("{id}.cgv"))
+        .exists()
+}
+
+#[test]
+fn retention_holds_objections_and_erasure_end_to_end() {
+    let instance = Setup::new("").start();
+    let setup = &instance.setup;
+    runtime().block_on(async {
+        let recorder = instance.client("recorder");
+        let supervisor = instance.client("supervisor");
+        let legal = instance.client("legal");
+        let dpo = instance.client("dpo");
+        let operator = instance.client("operator");
+
+        // Two expired recordings, one expired and one fresh on account ACC1, one fresh elsewhere.
+        let expired_a = stored(&recorder, meta("call-a", "2025-01-10T10:00:00Z", "0611111111", None), &wav(1)).await;
+        let expired_b = stored(&recorder, meta("call-b", "2025-02-10T10:00:00Z", "0622222222", None), &wav(2)).await;
+        let held_old = stored(&recorder, meta("call-d", "2025-03-10T10:00:00Z", "0633333333", Some("ACC1")), &wav(3)).await;
+        let held_new = stored(&recorder, meta("call-c", "2026-11-20T10:00:00Z", "0644444444", Some("ACC1")), &wav(4)).await;
+        let free = stored(&recorder, meta("call-f", "2026-11-21T10:00:00Z", "0655555555", None), &wav(5)).await;
+
+        // Read-time enforcement: expired and unheld is never served, even before any purge.
+        let response = supervisor.get(&format!("/v1/recordings/{expired_a}")).await.unwrap();
+        assert_eq!((response.status, response.code().as_str()), (410, "expired"));
+        let response = dpo.get(&format!("/v1/recordings/{expired_a}/audio?purpose=data_subject_request")).await.unwrap();
+        assert_eq!((response.status, response.code().as_str()), (410, "expired"));
+        let list = supervisor.get("/v1/recordings").await.unwrap().json();
+        let listed: Vec<&str> = list["items"].as_array().unwrap().iter().map(|i| i["id"].as_str().unwrap()).collect();
+        assert!(!listed.contains(&expired_a.as_str()) && listed.contains(&free.as_str()), "{listed:?}");
+
+        // A hold on ACC1, including future recordings.
+        let response = legal
+            .post_json(
+                "/v1/holds",
+                &serde_json::json!({"case_ref": "RG 26/01234", "reason": "appeal pending", "selector": {"account": "ACC1"}, "include_future": true}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(response.status, 201, "{}", String::from_utf8_lossy(&response.body));
+        let hold = response.json();
+        assert_eq!(hold["recordings"], 2);
+        let hold_id = hold["id"].as_str().unwrap().to_owned();
+
+        // Dry run explains, then the purge deletes exactly the unheld expired ones.
+        let (code, out, err) = setup.cli(&["purge", "--dry-run"]);
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains(&format!("would delete\t{expired_a}\tretention")), "{out}");
+        assert!(out.contains(&format!("kept\t{held_old}\theld by {hold_id}")), "{out}");
+        assert!(blob_exists(setup, &expired_a));
+        let (code, out, err) = setup.cli(&["purge"]);
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains("2 recordings deleted"), "{out}");
+        for id in [&expired_a, &expired_b] {
+            assert!(!blob_exists(setup, id), "blob of {id} still on disk");
+            assert_eq!(rows_with_id(setup, id), 0, "wrapped key of {id} still in the catalog");
+            let response = dpo.get(&format!("/v1/recordings/{id}")).await.unwrap();
+            assert_eq!((response.status, response.code().as_str()), (410, "deleted"));
+            assert_eq!(response.json()["tombstone"]["reason"], "retention");
+        }
+        for id in [&held_old, &held_new, &free] {
+            assert!(blob_exists(setup, id));
+        }
+
+        // The held, expired recording: legal and the DPO may still read it; supervisors may not.
+        assert_eq!(supervisor.get(&format!("/v1/recordings/{held_old}")).await.unwrap().status, 410);
+        let detail = legal.get(&format!("/v1/recordings/{held_old}")).await.unwrap();
+        assert_eq!(detail.status, 200);
+        assert_eq!(detail.json()["holds"][0], hold_id.as_str());
+        let audio = legal.get(&format!("/v1/recordings/{held_old}/audio?purpose=litigation")).await.unwrap();
+        assert_eq!((audio.status, audio.body.as_ref()), (200, wav(3).as_slice()));
+
+        // include_future: a later recording on ACC1 is covered at ingest.
+        let later = stored(&recorder, meta("call-e", "2026-11-22T10:00:00Z", "0666666666", Some("ACC1")), &wav(6)).await;
+        let detail = legal.get(&format!("/v1/holds/{hold_id}")).await.unwrap().json();
+        assert_eq!(detail["recordings"], 3);
+        assert!(detail["recording_ids"].as_array().unwrap().iter().any(|id| id == later.as_str()));
+
+        // The evidence export: manifest hashes match the audio in the tar.
+        let export = legal.get(&format!("/v1/holds/{hold_id}/export")).await.unwrap();
+        assert_eq!(export.status, 200);
+        let mut archive = tar::Archive::new(export.body.as_ref());
+        let mut files = std::collections::HashMap::new();
+        for entry in archive.entries().unwrap() {
+            let mut entry = entry.unwrap();
+            let name = entry.path().unwrap().to_string_lossy().into_owned();
+            let mut bytes = Vec::new();
+            entry.read_to_end(&mut bytes).unwrap();
+            files.insert(name, bytes);
+        }
+        let manifest: serde_json::Value = serde_json::from_slice(&files["manifest.json"]).unwrap();
+        let recordings = manifest["recordings"].as_array().unwrap();
+        assert_eq!(recordings.len(), 3);
+        for recording in recordings {
+            let bytes = &files[recording["file"].as_str().unwrap()];
+            assert_eq!(hex::encode(Sha256::digest(bytes)), recording["sha256"].as_str().unwrap());
+        }
+        assert!(manifest["audit_entries"].as_array().unwrap().iter().any(|e| e["action"] == "hold.place" || e["action"] == "recording.ingest"));
+        assert!(manifest["audit_head"]["hash"].as_str().unwrap().len() == 64);
+
+        // Objections: the unheld recording goes at once, the held one at release; future calls
+        // from that caller are discarded before anything is stored.
+        let response = dpo
+            .post_json("/v1/objections", &serde_json::json!({"caller": "06 55 55 55 55", "source": "letter", "reference": "LR-2026-17"}))
+            .await
+            .unwrap();
+        assert_eq!(response.status, 201);
+        assert_eq!((response.json()["recordings_deleted"].as_u64(), response.json()["recordings_deferred"].as_u64()), (Some(1), Some(0)));
+        assert!(!blob_exists(setup, &free));
+        let response = operator
+            .post_json("/v1/objections", &serde_json::json!({"caller": "+33644444444", "source": "call", "reference": "during call"}))
+            .await
+            .unwrap();
+        assert_eq!((response.json()["recordings_deleted"].as_u64(), response.json()["recordings_deferred"].as_u64()), (Some(0), Some(1)));
+        assert!(blob_exists(setup, &held_new));
+        let before = instance.client("operator").get("/v1/status").await.unwrap().json()["counts"]["recordings"].clone();
+        let response = upload(&recorder, meta("call-g", "2026-11-23T09:00:00Z", "0655555555", None), &wav(7)).await;
+        assert_eq!(response.status, 200);
+        assert_eq!(response.json(), serde_json::json!({"status": "discarded", "reason": "caller_objection"}));
+        let listed = dpo.get("/v1/objections").await.unwrap().json();
+        assert_eq!(listed["items"][1]["last_digits"], "55");
+
+        // Call-level objection, recording arriving later.
+        let response = operator.post_json("/v1/calls/call-h/objection", &serde_json::json!({})).await.unwrap();
+        assert_eq!(response.status, 201);
+        let response = upload(&recorder, meta("call-h", "2026-11-23T09:05:00Z", "0677777777", None), &wav(8)).await;
+        assert_eq!(response.json()["reason"], "call_objection");
+        let after = instance.client("operator").get("/v1/status").await.unwrap().json()["counts"]["recordings"].clone();
+        assert_eq!(before, after, "a discarded call must not be stored");
+
+        // Erasure of a held recording is deferred.
+        let response = dpo
+            .send(
+                hyper::Method::DELETE,
+                &format!("/v1/recordings/{later}"),
+                &[("content-type", "application/json")],
+                bytes::Bytes::from(r#"{"reason": "data subject erasure request 2026-88"}"#),
+            )
+            .await
+            .unwrap();
+        assert_eq!((response.status, response.code().as_str()), (409, "hold_active"));
+        assert!(blob_exists(setup, &later));
+
+        // Release: deferred deletions happen at once, the expired one at the next purge.
+        let response = legal.post_json(&format!("/v1/holds/{hold_id}/release"), &serde_json::json!({"reason": "appeals exhausted"})).await.unwrap();
+        assert_eq!(response.status, 200, "{}", String::from_utf8_lossy(&response.body));
+        assert_eq!(response.json()["recordings_deleted"], 2);
+        assert!(!blob_exists(setup, &held_new) && !blob_exists(setup, &later));
+        assert!(blob_exists(setup, &held_old));
+        let (code, out, _) = setup.cli(&["purge"]);
+        assert_eq!(code, 0);
+        assert!(out.contains("1 recordings deleted"), "{out}");
+        assert!(!blob_exists(setup, &held_old));
+        let response = dpo.get(&format!("/v1/recordings/{held_new}")).await.unwrap();
+        assert_eq!(response.json()["tombstone"]["reason"], "objection");
+
+        let (code, out, err) = setup.cli(&["audit", "verify"]);
+        assert_eq!(code, 0, "{out}{err}");
+        let (code, out, _) = setup.cli(&["report"]);
+        assert_eq!(code, 0);
+        assert!(out.contains("active holds: 0") && out.contains("active objections: 2"), "{out}");
+    });
+    // No number in clear anywhere under the data directory.
+    for needle in [
+        "0655555555",
+        "+33655555555",
+        "33644444444",
+        "call-a",
+        "ACC1",
+    ] {
+        assert_eq!(
+            crate::support::any_file_contains(&instance.setup.data, needle.as_bytes()),
+            None,
+            "{needle} found in clear"
+        );
+    }
+}
