@@ -261,6 +261,7 @@ pub async fn serve(
     ));
     spawn_spool(&tracker, &state, shutdown.clone());
     spawn_purge(&tracker, &state, shutdown.clone());
+    spawn_alarms(&tracker, &state, shutdown.clone());
     tracker.spawn(crate::api::server::run(
         api_listener,
         tls,
@@ -382,6 +383,140 @@ fn spawn_purge(tracker: &TaskTracker, state: &Arc<AppState>, shutdown: Cancellat
                         .set("purge", format!("last run failed: {error}"));
                 }
                 Err(join) => tracing::error!(%join, "purge task panicked"),
+            }
+        }
+    });
+}
+
+/// One reader task per configured receiver, the task that turns their events into cases, the
+/// case-expiry tick (`alarms.max_open`), and the receivers' metrics.
+fn spawn_alarms(tracker: &TaskTracker, state: &Arc<AppState>, shutdown: CancellationToken) {
+    use crate::alarms::receiver::{self, ReceiverSettings, ReceiverStatus};
+    let (events_tx, mut events_rx) = tokio::sync::mpsc::channel::<receiver::ReceivedEvent>(1024);
+    let mut statuses = Vec::new();
+    for config in &state.config.alarms.receivers {
+        let mut settings = ReceiverSettings::new(config.name.clone(), config.device.clone());
+        settings.baud = config.baud;
+        settings.data_bits = config.data_bits;
+        settings.parity = match config.parity {
+            crate::config::Parity::Even => receiver::Parity::Even,
+            crate::config::Parity::None => receiver::Parity::None,
+            crate::config::Parity::Odd => receiver::Parity::Odd,
+        };
+        settings.stop_bits = config.stop_bits;
+        settings.acknowledge = config.acknowledge;
+        settings.line_digits = config.line_digits;
+        settings.heartbeat_timeout = config.heartbeat_timeout;
+        settings.duplicate_window = config.duplicate_window;
+        let status = Arc::new(ReceiverStatus::new(config.name.clone()));
+        let probe_status = status.clone();
+        state.workers.add_receiver(Arc::new(move || {
+            let snap = probe_status.snapshot();
+            serde_json::json!({
+                "name": snap.name,
+                "connected": snap.connected,
+                "silent": snap.silent,
+                "last_frame_at": snap.last_frame_at.map(crate::audit::chain::format_time),
+                "last_heartbeat_at": snap.last_heartbeat_at.map(crate::audit::chain::format_time),
+                "frames": {
+                    "acked": snap.counts.acked, "nacked": snap.counts.nacked, "ignored": snap.counts.ignored,
+                    "duplicates": snap.counts.duplicates, "overflows": snap.counts.overflows, "events": snap.counts.events,
+                },
+            })
+        }));
+        statuses.push(status.clone());
+        tracker.spawn(receiver::run(
+            settings,
+            events_tx.clone(),
+            status,
+            state.clock.clone(),
+            shutdown.clone(),
+        ));
+    }
+    drop(events_tx);
+
+    let consumer = state.clone();
+    let consumer_shutdown = shutdown.clone();
+    tracker.spawn(async move {
+        loop {
+            let event = tokio::select! {
+                _ = consumer_shutdown.cancelled() => return,
+                event = events_rx.recv() => match event {
+                    Some(event) => event,
+                    None => return,
+                },
+            };
+            let worker = consumer.clone();
+            let result = tokio::task::spawn_blocking(move || {
+                let cases = crate::alarms::cases::Cases {
+                    catalog: &worker.catalog,
+                    keyring: &worker.keyring,
+                    max_open: worker.config.alarms.max_open,
+                };
+                let now = worker.clock.now();
+                cases.record(
+                    &event.account,
+                    &event.code,
+                    event.zone.as_deref(),
+                    &event.receiver,
+                    event.received_at,
+                    now,
+                )
+            })
+            .await;
+            match result {
+                Ok(Ok(change)) => tracing::debug!(?change, "alarm event recorded"),
+                Ok(Err(error)) => tracing::error!(%error, "cannot record an alarm event"),
+                Err(join) => tracing::error!(%join, "alarm event task failed"),
+            }
+        }
+    });
+
+    let ticker = state.clone();
+    tracker.spawn(async move {
+        let mut interval = tokio::time::interval(Duration::from_secs(15));
+        let mut last: Vec<crate::alarms::receiver::ReceiverCounts> =
+            vec![Default::default(); statuses.len()];
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = interval.tick() => {}
+            }
+            let mut connected = 0;
+            for (status, previous) in statuses.iter().zip(last.iter_mut()) {
+                let snap = status.snapshot();
+                connected += i64::from(snap.connected);
+                let counts = snap.counts;
+                for (result, now, before) in [
+                    ("ack", counts.acked, previous.acked),
+                    ("nak", counts.nacked, previous.nacked),
+                    ("ignored", counts.ignored, previous.ignored),
+                    ("duplicate", counts.duplicates, previous.duplicates),
+                    ("overflow", counts.overflows, previous.overflows),
+                ] {
+                    if now > before {
+                        ticker
+                            .metrics
+                            .alarm_frames
+                            .get_or_create(&vec![("result", result.to_owned())])
+                            .inc_by(now - before);
+                    }
+                }
+                *previous = counts;
+            }
+            ticker.metrics.receivers_connected.set(connected);
+            let worker = ticker.clone();
+            let expired = tokio::task::spawn_blocking(move || {
+                let cases = crate::alarms::cases::Cases {
+                    catalog: &worker.catalog,
+                    keyring: &worker.keyring,
+                    max_open: worker.config.alarms.max_open,
+                };
+                cases.expire(worker.clock.now())
+            })
+            .await;
+            if let Ok(Err(error)) = expired {
+                tracing::error!(%error, "cannot close expired alarm cases");
             }
         }
     });

@@ -11,6 +11,7 @@ pub mod catalog;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod contacts;
 pub mod daemon;
 pub mod ingest;
 pub mod keyring;

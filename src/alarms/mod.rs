@@ -4,5 +4,6 @@
 //! ones, closed by an operator or after `alarms.max_open`. Never panics on a bad frame; never
 //! holds an unbounded buffer.
 
+pub mod cases;
 pub mod frame;
 pub mod receiver;

@@ -123,6 +123,34 @@ const MIGRATIONS: &[&str] = &[
          wrapped_key BLOB NOT NULL
      ) STRICT;
      CREATE INDEX quarantine_by_expiry ON quarantine (retain_until);",
+    // 3: alarm cases and trusted contacts.
+    "CREATE TABLE alarm_cases (
+         id TEXT PRIMARY KEY,
+         account_hmac BLOB NOT NULL,
+         sealed_account BLOB NOT NULL,
+         wrapped_key BLOB NOT NULL,
+         opened_at INTEGER NOT NULL,
+         last_event_at INTEGER NOT NULL,
+         closed_at INTEGER,
+         closed_by TEXT,
+         outcome TEXT
+     ) STRICT;
+     CREATE UNIQUE INDEX alarm_cases_one_open_per_account ON alarm_cases (account_hmac) WHERE closed_at IS NULL;
+     CREATE TABLE alarm_events (
+         case_id TEXT NOT NULL REFERENCES alarm_cases (id),
+         at INTEGER NOT NULL,
+         code TEXT NOT NULL,
+         zone TEXT,
+         source TEXT NOT NULL
+     ) STRICT;
+     CREATE INDEX alarm_events_by_case ON alarm_events (case_id, at);
+     CREATE TABLE contact_lists (
+         account_hmac BLOB PRIMARY KEY,
+         wrapped_key BLOB NOT NULL,
+         sealed_list BLOB NOT NULL,
+         n_contacts INTEGER NOT NULL,
+         updated_at INTEGER NOT NULL
+     ) STRICT;",
 ];
 
 /// The schema version this build writes.

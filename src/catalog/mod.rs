@@ -5,6 +5,7 @@
 //! Methods are blocking: async code calls them through `Catalog::call` (a blocking thread), so
 //! no runtime thread waits on SQLite and no `await` happens while the connection is borrowed.
 
+pub mod alarms;
 mod audit_log;
 mod migrations;
 pub mod policy;
@@ -344,6 +345,12 @@ const KEY_TABLES: &[(&str, &str, &str)] = &[
     ("keyring", "wrapped", "'callguard index secret'"),
     ("recordings", "wrapped_key", "id"),
     ("quarantine", "wrapped_key", "'quarantine/' || id"),
+    ("alarm_cases", "wrapped_key", "'alarm/' || id"),
+    (
+        "contact_lists",
+        "wrapped_key",
+        "'contacts/' || lower(hex(account_hmac))",
+    ),
 ];
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! each arm calls its handler, which parses input, calls the owning domain module and shapes
 //! the JSON answer.
 
+mod alarms;
 mod audit;
 mod policy;
 mod recordings;
@@ -20,16 +21,28 @@ pub async fn dispatch(state: &Arc<AppState>, request: Request) -> Result<Respons
     match &request.endpoint {
         Endpoint::Status => status::get(state, request).await,
         Endpoint::AuditList => audit::list(state, request).await,
-        Endpoint::AlarmClose { .. } => Err(ApiError::NotImplemented("closing alarm cases")),
-        Endpoint::AlarmContacts { .. } => Err(ApiError::NotImplemented("trusted contacts")),
-        Endpoint::AlarmList => Err(ApiError::NotImplemented("alarm cases")),
-        Endpoint::AlarmPost => Err(ApiError::NotImplemented("alarm events")),
+        Endpoint::AlarmClose { id } => {
+            let id = id.clone();
+            alarms::close(state, request, id).await
+        }
+        Endpoint::AlarmContacts { id } => {
+            let id = id.clone();
+            alarms::contacts(state, request, id).await
+        }
+        Endpoint::AlarmList => alarms::list(state, request).await,
+        Endpoint::AlarmPost => alarms::post(state, request).await,
         Endpoint::CallObjection { call_id } => {
             let call_id = call_id.clone();
             policy::call_objection(state, request, call_id).await
         }
-        Endpoint::ContactsDelete { .. } => Err(ApiError::NotImplemented("trusted contacts")),
-        Endpoint::ContactsPut { .. } => Err(ApiError::NotImplemented("trusted contacts")),
+        Endpoint::ContactsDelete { account } => {
+            let account = account.clone();
+            alarms::delete(state, request, account).await
+        }
+        Endpoint::ContactsPut { account } => {
+            let account = account.clone();
+            alarms::put(state, request, account).await
+        }
         Endpoint::HoldExport { id } => {
             let id = id.clone();
             policy::hold_export(state, request, id).await

@@ -1,0 +1,229 @@
+//! Alarm cases (SPEC §8): an alarm-class event opens a case for its account, later events join
+//! it, an operator closes it, or it closes itself after `alarms.max_open`. Owns the
+//! `OpenAlarmCase` token: proof that a case was found open at `now`, the only key to trusted
+//! contacts. The account is personal data: stored as an HMAC digest plus a sealed copy for
+//! operators.
+
+use crate::alarms::frame::EventCode;
+use crate::audit::chain::{AuditDraft, Outcome};
+use crate::catalog::alarms::{CaseChange, CaseRow, EventRow};
+use crate::catalog::{Catalog, CatalogError};
+use crate::ingest::ACCOUNT_DOMAIN;
+use crate::keyring::Keyring;
+use crate::vault::BlobId;
+use crate::vault::keys::KeyError;
+
+/// Proof that case `id` was open (and not past `max_open`) when checked. Only this module can
+/// make one, and reading trusted contacts requires it.
+#[derive(Debug)]
+pub struct OpenAlarmCase {
+    id: String,
+    account_hmac: [u8; 32],
+}
+
+impl OpenAlarmCase {
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub(crate) fn account_hmac(&self) -> &[u8; 32] {
+        &self.account_hmac
+    }
+}
+
+/// Why a case cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum CaseError {
+    #[error("no alarm case with this id")]
+    NotFound,
+    #[error("the alarm case is closed")]
+    Closed,
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error(transparent)]
+    Key(#[from] KeyError),
+}
+
+/// The case registry over the catalog.
+pub struct Cases<'a> {
+    pub catalog: &'a Catalog,
+    pub keyring: &'a Keyring,
+    pub max_open: std::time::Duration,
+}
+
+impl Cases<'_> {
+    fn stale_before(&self, now: jiff::Timestamp) -> jiff::Timestamp {
+        let span =
+            jiff::SignedDuration::try_from(self.max_open).unwrap_or(jiff::SignedDuration::MAX);
+        now.checked_sub(span).unwrap_or(jiff::Timestamp::MIN)
+    }
+
+    /// Applies one alarm event for `account` (from a receiver named `source`, or `api`).
+    pub fn record(
+        &self,
+        account: &str,
+        code: &EventCode,
+        zone: Option<&str>,
+        source: &str,
+        at: jiff::Timestamp,
+        now: jiff::Timestamp,
+    ) -> Result<CaseChange, CaseError> {
+        let account_hmac = self.keyring.digest(ACCOUNT_DOMAIN, account);
+        let event = EventRow {
+            at,
+            code: code.to_string(),
+            zone: zone.map(str::to_owned),
+            source: source.to_owned(),
+        };
+        let keyring = self.keyring;
+        let new_case = || -> Result<(String, Vec<u8>, Vec<u8>), CatalogError> {
+            let id = format!("case_{}", BlobId::generate());
+            let (key, wrapped) = keyring
+                .new_key(&format!("alarm/{id}"))
+                .map_err(|e| CatalogError::Task(e.to_string()))?;
+            let sealed = key
+                .seal(format!("alarm/{id}/account").as_bytes(), account.as_bytes())
+                .map_err(|e| CatalogError::Task(e.to_string()))?;
+            Ok((id, sealed, wrapped))
+        };
+        let audit_open = |id: &str| {
+            AuditDraft::new(source, "", "alarm.open", id, Outcome::Allowed)
+                .detail(format!("event {code}"))
+        };
+        let audit_expire =
+            |id: &str| AuditDraft::system("alarm.close", id).detail("max_open reached");
+        let opens = code.opens_case();
+        Ok(self.catalog.record_alarm_event(
+            &account_hmac,
+            &event,
+            opens,
+            self.stale_before(now),
+            &new_case,
+            &audit_open,
+            &audit_expire,
+            now,
+        )?)
+    }
+
+    /// Checks that case `id` is open now; the token unlocks its account's contacts.
+    pub fn open_case(&self, id: &str, now: jiff::Timestamp) -> Result<OpenAlarmCase, CaseError> {
+        let case = self.catalog.case(id)?.ok_or(CaseError::NotFound)?;
+        match case.closed_at.is_none() && case.opened_at > self.stale_before(now) {
+            true => Ok(OpenAlarmCase {
+                id: case.id,
+                account_hmac: case.account_hmac,
+            }),
+            false => Err(CaseError::Closed),
+        }
+    }
+
+    /// Closes every case past `max_open`; returns how many.
+    pub fn expire(&self, now: jiff::Timestamp) -> Result<usize, CaseError> {
+        let audit = |id: &str| AuditDraft::system("alarm.close", id).detail("max_open reached");
+        Ok(self
+            .catalog
+            .expire_cases(self.stale_before(now), &audit, now)?
+            .len())
+    }
+
+    /// The account of a case, opened (for operators).
+    pub fn account_of(&self, case: &CaseRow) -> Result<String, CaseError> {
+        let key = self
+            .keyring
+            .key(&format!("alarm/{}", case.id), &case.wrapped_key)?;
+        let plain = key.open(
+            format!("alarm/{}/account", case.id).as_bytes(),
+            &case.sealed_account,
+        )?;
+        Ok(String::from_utf8_lossy(&plain).into_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::tests::open_temp;
+    use crate::vault::keys::MasterKey;
+
+    fn at(minutes: i64) -> jiff::Timestamp {
+        jiff::Timestamp::from_second(1_800_000_000 + minutes * 60).unwrap()
+    }
+
+    #[test]
+    fn cases_open_join_close_and_expire() {
+        let (_dir, catalog) = open_temp();
+        let keyring = Keyring::open(&MasterKey::generate().unwrap(), &catalog).unwrap();
+        let cases = Cases {
+            catalog: &catalog,
+            keyring: &keyring,
+            max_open: std::time::Duration::from_secs(24 * 3600),
+        };
+        let code = |text: &str| EventCode::parse_api(text).unwrap();
+
+        assert_eq!(
+            cases
+                .record("1234", &code("E602"), None, "r1", at(0), at(0))
+                .unwrap(),
+            CaseChange::Ignored
+        );
+        let CaseChange::Opened(id) = cases
+            .record("1234", &code("E130"), Some("015"), "r1", at(1), at(1))
+            .unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(
+            cases
+                .record("1234", &code("R130"), Some("015"), "r1", at(2), at(2))
+                .unwrap(),
+            CaseChange::Joined(id.clone())
+        );
+        assert_eq!(
+            cases
+                .record("1234", &code("BA"), Some("01"), "api", at(3), at(3))
+                .unwrap(),
+            CaseChange::Joined(id.clone())
+        );
+        let open = cases.open_case(&id, at(4)).unwrap();
+        assert_eq!(open.id(), id);
+        let (case, events) = catalog.open_cases().unwrap().remove(0);
+        assert_eq!(cases.account_of(&case).unwrap(), "1234");
+        assert_eq!(
+            events.iter().map(|e| e.code.as_str()).collect::<Vec<_>>(),
+            ["E130", "R130", "BA"]
+        );
+
+        // After max_open the case no longer unlocks anything, and closes itself.
+        assert!(matches!(
+            cases.open_case(&id, at(1 + 24 * 60)),
+            Err(CaseError::Closed)
+        ));
+        assert_eq!(cases.expire(at(1 + 24 * 60)).unwrap(), 1);
+        let CaseChange::Opened(second) = cases
+            .record("1234", &code("E110"), None, "r1", at(2000), at(2000))
+            .unwrap()
+        else {
+            panic!()
+        };
+        assert_ne!(second, id);
+        assert!(
+            catalog
+                .close_case(
+                    &second,
+                    "operator",
+                    "false alarm",
+                    AuditDraft::system("alarm.close", &second),
+                    at(2001)
+                )
+                .unwrap()
+        );
+        assert!(matches!(
+            cases.open_case(&second, at(2002)),
+            Err(CaseError::Closed)
+        ));
+        assert!(matches!(
+            cases.open_case("case_nope", at(2002)),
+            Err(CaseError::NotFound)
+        ));
+    }
+}
