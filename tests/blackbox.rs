@@ -5,6 +5,7 @@
 
 mod support;
 
+mod alarms;
 mod api_tls;
 mod cli_admin;
 mod retention;

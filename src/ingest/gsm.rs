@@ -215,9 +215,10 @@ impl Decoder {
         self.nrp = lag;
         let brp = QLB[(bcr & 3) as usize];
         let lag = lag as usize;
-        for k in 0..40 {
+        for (k, &excitation) in erp.iter().enumerate() {
+            // lag >= 40 > k: the sample read is always from the history.
             let drpp = mult_r(brp, self.drp[120 + k - lag]);
-            self.drp[120 + k] = add(erp[k], drpp);
+            self.drp[120 + k] = add(excitation, drpp);
         }
         self.drp.copy_within(40..160, 0);
     }
@@ -235,23 +236,23 @@ impl Decoder {
         let ranges: [(usize, usize); 4] = [(0, 13), (13, 27), (27, 40), (40, 160)];
         for (range_idx, (start, end)) in ranges.into_iter().enumerate() {
             let mut larp = [0i16; 8];
-            for i in 0..8 {
-                larp[i] = match range_idx {
-                    0 => add(add(sasr(prev[i], 2), sasr(larpp[i], 2)), sasr(prev[i], 1)),
-                    1 => add(sasr(prev[i], 1), sasr(larpp[i], 1)),
-                    2 => add(add(sasr(prev[i], 2), sasr(larpp[i], 2)), sasr(larpp[i], 1)),
-                    _ => larpp[i],
+            for ((lar, &old), &new) in larp.iter_mut().zip(&prev).zip(&larpp) {
+                *lar = match range_idx {
+                    0 => add(add(sasr(old, 2), sasr(new, 2)), sasr(old, 1)),
+                    1 => add(sasr(old, 1), sasr(new, 1)),
+                    2 => add(add(sasr(old, 2), sasr(new, 2)), sasr(new, 1)),
+                    _ => new,
                 };
             }
             let rrp = lar_to_rp(&larp);
-            for k in start..end {
-                let mut sri = wt[k];
+            for (sample_out, &residual) in out[start..end].iter_mut().zip(&wt[start..end]) {
+                let mut sri = residual;
                 for i in (0..8).rev() {
                     sri = sub(sri, mult_r(rrp[i], self.v[i]));
                     self.v[i + 1] = add(self.v[i], mult_r(rrp[i], sri));
                 }
                 self.v[0] = sri;
-                out[k] = sri;
+                *sample_out = sri;
             }
         }
         self.larpp_prev = larpp;
@@ -443,6 +444,26 @@ mod tests {
                 decoder
                     .decode_raw(&frame, &mut raw_out)
                     .expect("signature set");
+            }
+        }
+    }
+
+    proptest::proptest! {
+        /// Overflow checks are on in tests: any arithmetic slip on odd parameters panics here.
+        #[test]
+        fn arbitrary_blocks_decode_without_panicking(
+            blocks in proptest::collection::vec(proptest::collection::vec(0..=u8::MAX, 65), 1..40),
+        ) {
+            let mut decoder = Decoder::new();
+            let mut out = [0i16; WAV49_BLOCK_SAMPLES];
+            let mut raw_out = [0i16; FRAME_SAMPLES];
+            for block in &blocks {
+                let block: &[u8; WAV49_BLOCK_LEN] = block.as_slice().try_into().expect("65 bytes");
+                decoder.decode_wav49(block, &mut out);
+                let mut frame = [0u8; RAW_FRAME_LEN];
+                frame.copy_from_slice(&block[..RAW_FRAME_LEN]);
+                frame[0] = 0xd0 | (frame[0] & 0x0f);
+                decoder.decode_raw(&frame, &mut raw_out).expect("signature set");
             }
         }
     }

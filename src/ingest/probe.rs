@@ -85,7 +85,7 @@ impl AudioInfo {
         if n_frames == 0 {
             return Err(ProbeError::NoAudio { container });
         }
-        if sample_rate == 0 || channels == 0 {
+        if sample_rate == 0 || channels == 0 || channels > MAX_CHANNELS {
             return Err(ProbeError::Malformed {
                 container,
                 offset: 0,
@@ -107,7 +107,12 @@ impl AudioInfo {
     }
 }
 
-/// Why a recording is refused. Every variant is a client error (`422 unsupported_audio`).
+/// Most channels a recording may have (Vorbis' and Opus' limit; calls have one or two).
+const MAX_CHANNELS: u16 = 255;
+
+/// Why a recording is refused. Every variant but `WorkerStopped` is about the file (the api
+/// answers `422 unsupported_audio`, the spool quarantines it with this message);
+/// `WorkerStopped` is ours (`500`, and the spool retries).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProbeError {
     /// Zero bytes.
@@ -306,38 +311,28 @@ pub(crate) enum RawKind {
 impl RawKind {
     /// The header-less format an extension names (Asterisk's format names and aliases).
     pub(crate) fn from_extension(extension: &str) -> Option<RawKind> {
-        let kind = match extension {
-            "ulaw" | "ul" | "mu" | "ulw" => RawKind::Mulaw,
-            "alaw" | "al" | "alw" => RawKind::Alaw,
-            "sln" | "slin" => RawKind::Slin { sample_rate: 8000 },
-            "sln12" => RawKind::Slin {
-                sample_rate: 12_000,
-            },
-            "sln16" => RawKind::Slin {
-                sample_rate: 16_000,
-            },
-            "sln24" => RawKind::Slin {
-                sample_rate: 24_000,
-            },
-            "sln32" => RawKind::Slin {
-                sample_rate: 32_000,
-            },
-            "sln44" => RawKind::Slin {
-                sample_rate: 44_100,
-            },
-            "sln48" => RawKind::Slin {
-                sample_rate: 48_000,
-            },
-            "sln96" => RawKind::Slin {
-                sample_rate: 96_000,
-            },
-            "sln192" => RawKind::Slin {
-                sample_rate: 192_000,
-            },
-            "gsm" => RawKind::Gsm,
-            _ => return None,
-        };
-        Some(kind)
+        /// Asterisk's signed-linear formats and their rates.
+        const SLIN_RATES: [(&str, u32); 10] = [
+            ("sln", 8000),
+            ("slin", 8000),
+            ("sln12", 12_000),
+            ("sln16", 16_000),
+            ("sln24", 24_000),
+            ("sln32", 32_000),
+            ("sln44", 44_100),
+            ("sln48", 48_000),
+            ("sln96", 96_000),
+            ("sln192", 192_000),
+        ];
+        match extension {
+            "ulaw" | "ul" | "mu" | "ulw" => Some(RawKind::Mulaw),
+            "alaw" | "al" | "alw" => Some(RawKind::Alaw),
+            "gsm" => Some(RawKind::Gsm),
+            _ => SLIN_RATES
+                .iter()
+                .find(|(name, _)| *name == extension)
+                .map(|&(_, sample_rate)| RawKind::Slin { sample_rate }),
+        }
     }
 
     /// The header-less format a probed recording is in, if it is one.
@@ -727,16 +722,16 @@ fn parse_fmt(
 
 /// How a WAV codec lays out frames in the data chunk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct WavLayout {
-    pub(crate) codec: &'static str,
+struct WavLayout {
+    codec: &'static str,
     /// Frames decoded from one block of `block_align` bytes.
-    pub(crate) frames_per_block: u64,
+    frames_per_block: u64,
     /// Whether the `fact` chunk's frame count refines the block count (block codecs).
-    pub(crate) uses_fact: bool,
+    uses_fact: bool,
 }
 
 /// The codec name and block layout of a WAV header, or why it is not accepted.
-pub(crate) fn wav_layout(header: &WavHeader) -> Result<WavLayout, ProbeError> {
+fn wav_layout(header: &WavHeader) -> Result<WavLayout, ProbeError> {
     let WavHeader {
         format_tag,
         channels,
@@ -826,7 +821,7 @@ pub(crate) fn wav_layout(header: &WavHeader) -> Result<WavLayout, ProbeError> {
 }
 
 /// Frames in `data_len` bytes of data, refined by the `fact` count for block codecs.
-pub(crate) fn wav_frames(header: &WavHeader, layout: &WavLayout, data_len: u64) -> u64 {
+fn wav_frames(header: &WavHeader, layout: &WavLayout, data_len: u64) -> u64 {
     let n_blocks = data_len / u64::from(header.block_align);
     let from_blocks = n_blocks.saturating_mul(layout.frames_per_block);
     match header.fact_frames.map(u64::from) {
@@ -895,17 +890,8 @@ fn probe_wav<R: Read>(stream: &mut Stream<R>) -> Result<AudioInfo, ProbeError> {
 fn validate_wav_with_symphonia(header: &WavHeader, sample: &[u8]) -> Result<(), ProbeError> {
     let usable = sample.len() - sample.len() % usize::from(header.block_align);
     let sample = &sample[..usable];
-    let mut wav = Vec::with_capacity(64 + header.fmt_chunk.len() + sample.len());
-    let mut body = Vec::with_capacity(wav.capacity());
-    body.extend_from_slice(b"WAVE");
-    push_chunk(&mut body, b"fmt ", &header.fmt_chunk);
-    if let Some(fact) = header.fact_frames {
-        push_chunk(&mut body, b"fact", &fact.to_le_bytes());
-    }
-    push_chunk(&mut body, b"data", sample);
-    wav.extend_from_slice(b"RIFF");
-    wav.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    wav.extend_from_slice(&body);
+    let mut wav = minimal_wav_header(header, Some(usable as u32));
+    wav.extend_from_slice(sample);
     let mut reader = symphonia_open(Demuxer::Wav, &wav[..], CONTAINER_WAV)?;
     let (track_id, params) = audio_track(reader.as_ref(), CONTAINER_WAV)?;
     let mut check = DecodeCheck::new(&params, CONTAINER_WAV)?;
@@ -921,6 +907,29 @@ fn validate_wav_with_symphonia(header: &WavHeader, sample: &[u8]) -> Result<(), 
         }
     }
     check.verdict()
+}
+
+/// A WAV header holding only the chunks symphonia needs (`fmt `, `fact`, and the `data` chunk
+/// header announcing `data_len` bytes, or the streaming placeholder for `None`). Probe and
+/// playback both decode through it, so a malformed LIST or unknown chunk elsewhere in the
+/// file cannot make symphonia refuse a recording the probe accepted.
+pub(crate) fn minimal_wav_header(header: &WavHeader, data_len: Option<u32>) -> Vec<u8> {
+    let mut chunks = Vec::with_capacity(32 + header.fmt_chunk.len());
+    chunks.extend_from_slice(b"WAVE");
+    push_chunk(&mut chunks, b"fmt ", &header.fmt_chunk);
+    if let Some(fact) = header.fact_frames {
+        push_chunk(&mut chunks, b"fact", &fact.to_le_bytes());
+    }
+    chunks.extend_from_slice(b"data");
+    chunks.extend_from_slice(&data_len.unwrap_or(u32::MAX).to_le_bytes());
+    let riff_len = data_len
+        .and_then(|len| u32::try_from(chunks.len()).ok()?.checked_add(len))
+        .unwrap_or(u32::MAX);
+    let mut wav = Vec::with_capacity(8 + chunks.len());
+    wav.extend_from_slice(b"RIFF");
+    wav.extend_from_slice(&riff_len.to_le_bytes());
+    wav.extend_from_slice(&chunks);
+    wav
 }
 
 fn push_chunk(out: &mut Vec<u8>, id: &[u8; 4], body: &[u8]) {
@@ -1169,7 +1178,6 @@ struct OggLink {
     last_granule: Option<u64>,
     /// Whether a page of this stream other than its first has been seen.
     seen_data_page: bool,
-    ended: bool,
 }
 
 impl OggLink {
@@ -1212,10 +1220,6 @@ struct OggPage {
 impl OggPage {
     fn is_first(&self) -> bool {
         self.header_type & 0x02 != 0
-    }
-
-    fn is_last(&self) -> bool {
-        self.header_type & 0x04 != 0
     }
 }
 
@@ -1440,7 +1444,6 @@ fn probe_ogg<R: Read>(stream: &mut Stream<R>) -> Result<AudioInfo, ProbeError> {
                         header_packet: Vec::new(),
                         last_granule: None,
                         seen_data_page: false,
-                        ended: false,
                     });
                 }
                 None => {
@@ -1469,9 +1472,6 @@ fn probe_ogg<R: Read>(stream: &mut Stream<R>) -> Result<AudioInfo, ProbeError> {
             current.last_granule = Some(page.granule);
         }
         check_ogg_headers(current, &page, &body)?;
-        if page.is_last() {
-            current.ended = true;
-        }
         if keep_prefix {
             let n_wanted = current.codec.n_header_packets() + VALIDATE_PACKETS as u64;
             let headers_done = current.n_packets >= current.codec.n_header_packets();
@@ -1950,9 +1950,10 @@ fn be_u32(bytes: &[u8]) -> u32 {
     u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]])
 }
 
+/// Test-audio generators, shared with the other ingest modules' unit tests.
 #[cfg(test)]
 #[path = "../../tests/support/audio.rs"]
-mod audio;
+pub(crate) mod audio;
 
 #[cfg(test)]
 mod tests {
@@ -2016,6 +2017,76 @@ mod tests {
                 let audio = audio::wav_sine(dir.path(), encoding, rate, channels, seconds);
                 check_exact(&audio, "wav", codec);
             }
+        }
+    }
+
+    /// Splices chunks into a canonical 44-byte-header WAV: `before` ahead of `data`, `after`
+    /// behind it, and an optional replacement for the data chunk's declared size.
+    fn splice_wav(wav: &[u8], before: &[u8], after: &[u8], data_size: Option<u32>) -> Vec<u8> {
+        let mut out = wav[..36].to_vec();
+        out.extend_from_slice(before);
+        out.extend_from_slice(&wav[36..40]);
+        let size = data_size.unwrap_or_else(|| le_u32(&wav[40..44]));
+        out.extend_from_slice(&size.to_le_bytes());
+        out.extend_from_slice(&wav[44..]);
+        out.extend_from_slice(after);
+        let riff_size = (out.len() - 8) as u32;
+        out[4..8].copy_from_slice(&riff_size.to_le_bytes());
+        out
+    }
+
+    #[test]
+    fn wav_variants_probe_exactly() {
+        let dir = dir();
+        // WAVE_FORMAT_EXTENSIBLE, as sox writes 24-bit multichannel files.
+        let source = audio::wav_sine(dir.path(), WavEncoding::Pcm24, 8000, 3, 1.0);
+        let extensible = dir.path().join("extensible.wav");
+        let status = std::process::Command::new("sox")
+            .args([source.path.as_os_str(), extensible.as_os_str()])
+            .status()
+            .expect("sox");
+        assert!(status.success());
+        let bytes = std::fs::read(&extensible).expect("read");
+        assert_eq!(
+            le_u16(&bytes[20..22]),
+            0xfffe,
+            "sox wrote an extensible header"
+        );
+        let info = probe_bytes(&bytes, &FormatHint::default()).expect("extensible");
+        assert_eq!(
+            (info.codec, info.channels, info.n_frames),
+            ("pcm_s24le", 3, 8000)
+        );
+
+        let wav = audio::wav_sine(dir.path(), WavEncoding::Pcm16, 8000, 1, 1.0).bytes();
+        let list = b"LIST\x0b\x00\x00\x00INFOISFT\x01\x00\x00\x00"; // odd size, then the pad byte
+        let trailer = b"id3 \x04\x00\x00\x00abcd";
+        let cases: [(Vec<u8>, u64); 4] = [
+            (splice_wav(&wav, list, trailer, None), 8000),
+            // ffmpeg's streaming placeholder: the data runs to the end (trailer included).
+            (splice_wav(&wav, b"", b"", Some(u32::MAX)), 8000),
+            // A stale size larger than the file: the bytes present count.
+            (splice_wav(&wav, b"", b"", Some(1_000_000)), 8000),
+            (splice_wav(&wav[..wav.len() - 4000], b"", b"", None), 6000),
+        ];
+        for (idx, (bytes, n_frames)) in cases.iter().enumerate() {
+            let info = probe_bytes(bytes, &FormatHint::default());
+            assert_eq!(
+                info.as_ref().map(|info| info.n_frames),
+                Ok(*n_frames),
+                "case {idx}"
+            );
+            // What the probe accepts, playback decodes.
+            let info = info.expect("probed");
+            let mut out = Vec::new();
+            let reader = Box::new(std::io::Cursor::new(bytes.clone()));
+            let result = crate::ingest::transcode::transcode_to_wav(
+                reader,
+                &FormatHint::default(),
+                &info,
+                &mut out,
+            );
+            assert!(result.is_ok(), "case {idx}: {result:?}");
         }
     }
 
@@ -2345,6 +2416,21 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn prober_drains_what_follows_the_audio() {
+        // The probe has its answer at the end of the data chunk; 2 MiB of trailing chunk must
+        // still flow through without the writer blocking on a full channel.
+        let dir = dir();
+        let wav = audio::wav_sine(dir.path(), WavEncoding::Pcm16, 8000, 1, 1.0).bytes();
+        let mut trailer = b"junk".to_vec();
+        trailer.extend_from_slice(&(2u32 << 20).to_le_bytes());
+        trailer.resize(8 + (2 << 20), 0x55);
+        let bytes = splice_wav(&wav, b"", &trailer, None);
+        let hint = FormatHint::default();
+        let info = probe_in_chunks(&bytes, &hint, 42).await.expect("probed");
+        assert_eq!(info.n_frames, 8000);
+    }
+
+    #[tokio::test]
     async fn empty_prober_input_is_empty_file() {
         let prober = Prober::start(FormatHint::default());
         assert_eq!(prober.finish().await, Err(ProbeError::Empty));
@@ -2352,7 +2438,7 @@ mod tests {
 
     #[test]
     fn ogg_crc_matches_the_reference_value() {
-        // CRC of "OggS" followed by zeros as computed by libogg's table (poly 0x04c11db7).
+        // The CRC-32/POSIX check value 0x765e7680, before its final inversion (Ogg has none).
         assert_eq!(ogg_crc(0, b"123456789"), 0x89a1_897f);
     }
 
@@ -2381,11 +2467,23 @@ mod tests {
         b"\xd0",
     ];
 
-    /// `probe_stream` without the panic guard, so a panic in our own parsers fails the test.
+    /// `probe_stream` without its guard. Symphonia is known to panic on some hostile inputs
+    /// (e.g. an overflow in its Vorbis setup-header parser), which the guard turns into
+    /// `Crashed`; a panic in our own code fails the test.
     fn probe_unguarded(bytes: &[u8], hint: &FormatHint) -> Result<AudioInfo, ProbeError> {
-        let mut reader = bytes;
-        let mut container = "audio";
-        probe_stream(&mut reader, hint, &mut container)
+        audio::record_panic_backtraces();
+        let outcome = panic::catch_unwind(|| {
+            let mut reader = bytes;
+            let mut container = "audio";
+            probe_stream(&mut reader, hint, &mut container)
+        });
+        match outcome {
+            Ok(result) => result,
+            Err(_) => {
+                audio::assert_last_panic_was_symphonias();
+                Err(ProbeError::Crashed { container: "audio" })
+            }
+        }
     }
 
     proptest! {

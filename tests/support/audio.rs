@@ -9,6 +9,7 @@
 use std::f64::consts::PI;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// A generated recording and what it truly holds.
@@ -284,7 +285,8 @@ fn sox_from_sine(
 ) -> TestAudio {
     let source = source_wav(dir, sample_rate, channels, n_frames);
     let path = fresh_path(dir, stem, extension);
-    let mut args: Vec<&std::ffi::OsStr> = vec![source.as_os_str()];
+    // -D: no dither, so a generator makes the same file every time.
+    let mut args: Vec<&std::ffi::OsStr> = vec!["-D".as_ref(), source.as_os_str()];
     args.extend(output_args.iter().map(std::ffi::OsStr::new));
     args.push(path.as_os_str());
     sox(&args);
@@ -560,4 +562,37 @@ pub(crate) fn max_abs_diff(a: &[i16], b: &[i16]) -> i32 {
         .map(|(&x, &y)| (i32::from(x) - i32::from(y)).abs())
         .max()
         .unwrap_or(0)
+}
+
+thread_local! {
+    /// Backtrace of the last panic on this thread (see `record_panic_backtraces`).
+    static PANIC_TRACE: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Installs (once per process) a panic hook that keeps each panic's backtrace for the panicking
+/// thread, then reports the panic as usual.
+pub(crate) fn record_panic_backtraces() {
+    static HOOK: OnceLock<()> = OnceLock::new();
+    HOOK.get_or_init(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let trace = std::backtrace::Backtrace::force_capture().to_string();
+            PANIC_TRACE.with(|slot| *slot.borrow_mut() = Some(trace));
+            previous(info);
+        }));
+    });
+}
+
+/// Symphonia is known to panic on some hostile inputs (an overflow in its Vorbis setup-header
+/// parser, for one), which callguard contains; fails the test when the last panic on this
+/// thread happened in callguard's own `ingest` code instead.
+pub(crate) fn assert_last_panic_was_symphonias() {
+    let trace = PANIC_TRACE
+        .with(|slot| slot.borrow_mut().take())
+        .unwrap_or_default();
+    // Frames above the unwinding machinery are the hook's own.
+    let frames = &trace[trace.find("rust_begin_unwind").unwrap_or(0)..];
+    let ours = frames.find("ingest::").unwrap_or(usize::MAX);
+    let theirs = frames.find("symphonia_").unwrap_or(usize::MAX);
+    assert!(theirs < ours, "panic in callguard's own code:\n{trace}");
 }
