@@ -20,3 +20,7 @@ pub mod objections;
 pub mod pki;
 pub mod retention;
 pub mod vault;
+
+/// Entry points for `tests/fuzz`. Not API.
+#[doc(hidden)]
+pub mod fuzzing;
