@@ -9,4 +9,5 @@ mod alarms;
 mod api_tls;
 mod cli_admin;
 mod retention;
+mod security;
 mod tidy;

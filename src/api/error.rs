@@ -122,7 +122,7 @@ impl ApiError {
             ApiError::UnknownIdentity => {
                 "this client certificate is not registered with a role".into()
             }
-            ApiError::UnsupportedAudio(why) => format!("unsupported audio: {why}"),
+            ApiError::UnsupportedAudio(why) => why.clone(),
             ApiError::UnsupportedMediaType(why) => why.clone(),
         }
     }
