@@ -9,7 +9,10 @@ use tokio_serial::SerialStream;
 use crate::support::{Instance, Setup, any_file_contains};
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 /// A pty pair: the master end the test writes frames to, the slave end (kept open) whose path
@@ -50,7 +53,13 @@ async fn wait_connected(instance: &Instance) {
 async fn exchange(master: &mut SerialStream, frame: &[u8]) -> u8 {
     AsyncWriteExt::write_all(master, frame).await.unwrap();
     let mut answer = [0u8; 1];
-    tokio::time::timeout(Duration::from_secs(10), AsyncReadExt::read_exact(master, &mut answer)).await.expect("an answer byte").unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        AsyncReadExt::read_exact(master, &mut answer),
+    )
+    .await
+    .expect("an answer byte")
+    .unwrap();
     answer[0]
 }
 
@@ -157,21 +166,44 @@ fn a_case_closes_itself_after_max_open_and_a_missing_device_is_survived() {
                 hyper::Method::PUT,
                 "/v1/accounts/BEEF/contacts",
                 &[("content-type", "application/json")],
-                bytes::Bytes::from(r#"[{"name": "N", "phone": "0612345678", "relation": "ami", "order": 1}]"#),
+                bytes::Bytes::from(
+                    r#"[{"name": "N", "phone": "0612345678", "relation": "ami", "order": 1}]"#,
+                ),
             )
             .await
             .unwrap();
-        let response = source.post_json("/v1/alarms", &serde_json::json!({"account": "BEEF", "event": "E110", "zone": "003"})).await.unwrap();
+        let response = source
+            .post_json(
+                "/v1/alarms",
+                &serde_json::json!({"account": "BEEF", "event": "E110", "zone": "003"}),
+            )
+            .await
+            .unwrap();
         assert_eq!(response.status, 201);
         assert_eq!(response.json()["action"], "opened");
         let case_id = response.json()["case"].as_str().unwrap().to_owned();
-        let response = source.post_json("/v1/alarms", &serde_json::json!({"account": "BEEF", "event": "R110"})).await.unwrap();
+        let response = source
+            .post_json(
+                "/v1/alarms",
+                &serde_json::json!({"account": "BEEF", "event": "R110"}),
+            )
+            .await
+            .unwrap();
         assert_eq!(response.json()["action"], "joined");
-        let bad = source.post_json("/v1/alarms", &serde_json::json!({"account": "BEEF", "event": "X999"})).await.unwrap();
+        let bad = source
+            .post_json(
+                "/v1/alarms",
+                &serde_json::json!({"account": "BEEF", "event": "X999"}),
+            )
+            .await
+            .unwrap();
         assert_eq!(bad.status, 400);
         // The case closes itself once max_open (2 s here) has passed.
         eventually("the case to expire", async || {
-            let response = operator.get(&format!("/v1/alarms/{case_id}/contacts")).await.ok()?;
+            let response = operator
+                .get(&format!("/v1/alarms/{case_id}/contacts"))
+                .await
+                .ok()?;
             (response.status == 403).then_some(())
         })
         .await;
