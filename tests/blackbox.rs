@@ -8,6 +8,7 @@ mod support;
 mod alarms;
 mod api_tls;
 mod cli_admin;
+mod dev_instance;
 mod retention;
 mod security;
 mod tidy;
