@@ -9,6 +9,7 @@ mod alarms;
 mod api_tls;
 mod cli_admin;
 mod dev_instance;
+mod ingest_spool;
 mod retention;
 mod security;
 mod tidy;

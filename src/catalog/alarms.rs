@@ -69,7 +69,10 @@ fn case_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<CaseRow, Ca
     })())
 }
 
-/// What recording an event did to the cases.
+/// Makes a new case: (id, sealed account, wrapped key).
+pub type NewCaseFn<'a> = dyn Fn() -> Result<(String, Vec<u8>, Vec<u8>), CatalogError> + 'a;
+
+/// What an event did to the cases.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CaseChange {
     /// No open case and the event opens none.
@@ -120,7 +123,7 @@ impl Catalog {
         event: &EventRow,
         opens: bool,
         stale_before: jiff::Timestamp,
-        new_case: &dyn Fn() -> Result<(String, Vec<u8>, Vec<u8>), CatalogError>,
+        new_case: &NewCaseFn<'_>,
         audit_open: &dyn Fn(&str) -> AuditDraft,
         audit_expire: &dyn Fn(&str) -> AuditDraft,
         now: jiff::Timestamp,

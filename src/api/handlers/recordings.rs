@@ -474,6 +474,20 @@ pub(super) async fn audio(
         )));
     }
     if !purpose_allowed(role, &purpose) {
+        let draft = AuditDraft::new(
+            &request.caller.cn,
+            role.as_str(),
+            "recording.read_audio",
+            &id.to_string(),
+            Outcome::Denied,
+        )
+        .purpose(&purpose)
+        .detail("purpose not allowed for this role");
+        let now = state.clock.now();
+        state
+            .catalog
+            .call(move |catalog| catalog.audit(draft, now))
+            .await?;
         return Err(ApiError::PurposeNotAllowed(format!(
             "role `{role}` may not read audio for `{purpose}`"
         )));
