@@ -5,6 +5,7 @@
 
 #![allow(dead_code)]
 
+pub mod audio;
 pub mod client;
 
 use std::io::{BufRead, BufReader};
@@ -67,6 +68,12 @@ impl Setup {
 
     /// Same, with extra keys in the `[server]` table.
     pub fn with_server(server_extra: &str, extra: &str) -> Setup {
+        Setup::with_sections(server_extra, "", extra)
+    }
+
+    /// Same, with extra keys in the `[server]` and `[ingest]` tables (TOML forbids opening a
+    /// table twice, so `[ingest]` keys cannot go in `extra`).
+    pub fn with_sections(server_extra: &str, ingest_extra: &str, extra: &str) -> Setup {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path().to_owned();
         let pki_dir = root.join("pki");
@@ -103,7 +110,7 @@ impl Setup {
         let text = format!(
             "[server]\nlisten = \"127.0.0.1:0\"\ncert = \"{p}/server.crt\"\nkey = \"{p}/server.key\"\nclient_ca = \"{p}/ca.crt\"\n{server_extra}\n\
              [storage]\ndata_dir = \"{data}\"\n[keys]\nmaster_key_file = \"{root}/master.key\"\n\
-             [ingest]\nspool_dir = \"{spool}\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n{extra}\n",
+             [ingest]\nspool_dir = \"{spool}\"\n{ingest_extra}\n[metrics]\nlisten = \"127.0.0.1:0\"\n{extra}\n",
             p = pki_dir.display(),
             data = data.display(),
             root = root.display(),
