@@ -10,7 +10,14 @@ use crate::support::binary;
 /// the ready line.
 fn start_dev(dir: &std::path::Path) -> (std::process::Child, Vec<String>) {
     let mut child = Command::new(binary())
-        .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+        .args([
+            "serve",
+            "--dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ])
         .current_dir(dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -28,7 +35,9 @@ fn start_dev(dir: &std::path::Path) -> (std::process::Child, Vec<String>) {
             }
         }
     });
-    let lines = rx.recv_timeout(std::time::Duration::from_secs(60)).expect("the dev instance did not become ready");
+    let lines = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("the dev instance did not become ready");
     (child, lines)
 }
 
@@ -42,7 +51,12 @@ fn the_dev_instance_prints_a_curl_that_works_and_reuses_its_pki() {
         .find(|l| l.starts_with("curl ") && l.ends_with("/v1/status"))
         .unwrap_or_else(|| panic!("no status curl printed:\n{}", lines.join("\n")))
         .to_owned();
-    let output = Command::new("sh").arg("-c").arg(format!("{curl} -s -w '\\n%{{http_code}}'")).current_dir(dir.path()).output().unwrap();
+    let output = Command::new("sh")
+        .arg("-c")
+        .arg(format!("{curl} -s -w '\\n%{{http_code}}'"))
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&output.stdout).into_owned();
     let (body, code) = text.rsplit_once('\n').unwrap();
     assert_eq!(code, "200", "{text}");
@@ -50,8 +64,14 @@ fn the_dev_instance_prints_a_curl_that_works_and_reuses_its_pki() {
     assert_eq!(status["identity"]["role"], "operator");
 
     // The same curl without the client certificate fails the handshake.
-    let without = curl.split(" --cert").next().unwrap().to_owned() + " " + curl.rsplit(' ').next().unwrap();
-    let output = Command::new("sh").arg("-c").arg(format!("{without} -s -o /dev/null -w '%{{http_code}}'")).current_dir(dir.path()).output().unwrap();
+    let without =
+        curl.split(" --cert").next().unwrap().to_owned() + " " + curl.rsplit(' ').next().unwrap();
+    let output = Command::new("sh")
+        .arg("-c")
+        .arg(format!("{without} -s -o /dev/null -w '%{{http_code}}'"))
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
     assert_eq!(String::from_utf8_lossy(&output.stdout), "000");
     assert!(!output.status.success());
 
@@ -61,12 +81,18 @@ fn the_dev_instance_prints_a_curl_that_works_and_reuses_its_pki() {
     let ca = std::fs::read(pki.join("ca.crt")).unwrap();
     let key = std::fs::read(dir.path().join("callguard-dev/master.key")).unwrap();
     for role in crate::support::ROLES {
-        assert!(pki.join(format!("{role}.crt")).exists() && pki.join(format!("{role}.key")).exists(), "{role}");
+        assert!(
+            pki.join(format!("{role}.crt")).exists() && pki.join(format!("{role}.key")).exists(),
+            "{role}"
+        );
     }
     // Twice: same directory, same certificates, same key.
     let (mut child, _) = start_dev(dir.path());
     let _ = child.kill();
     let _ = child.wait();
     assert_eq!(std::fs::read(pki.join("ca.crt")).unwrap(), ca);
-    assert_eq!(std::fs::read(dir.path().join("callguard-dev/master.key")).unwrap(), key);
+    assert_eq!(
+        std::fs::read(dir.path().join("callguard-dev/master.key")).unwrap(),
+        key
+    );
 }
