@@ -103,6 +103,10 @@ pub(super) async fn upload(
         .and_then(|v| v.parse::<u64>().ok())
         && length > limit.saturating_add(MAX_METADATA_BYTES as u64 + 64 * 1024)
     {
+        drain_in_background(futures_util::stream::StreamExt::boxed(body_stream(
+            request.body,
+            idle_of(state),
+        )));
         return Err(ApiError::PayloadTooLarge(limit));
     }
     let content_type = request
@@ -118,6 +122,19 @@ pub(super) async fn upload(
     })?;
     let idle = state.config.server.idle_timeout;
     let mut multipart = multer::Multipart::new(body_stream(request.body, idle), boundary);
+    let result = upload_parts(state, &request.caller, &mut multipart).await;
+    // Whatever the answer, read and discard what the client still sends (bounded), so that an
+    // early answer (413, 422, a discarded call) reaches it instead of a connection reset.
+    drain_multipart(multipart);
+    result
+}
+
+/// The multipart half of `upload`: metadata, the objection gate, then the audio stream.
+async fn upload_parts(
+    state: &Arc<AppState>,
+    caller: &crate::api::Caller,
+    multipart: &mut multer::Multipart<'static>,
+) -> Result<Response<Body>, ApiError> {
     let multipart_error =
         |error: multer::Error| ApiError::BadRequest(format!("malformed multipart body: {error}"));
 
@@ -144,8 +161,8 @@ pub(super) async fn upload(
     let meta =
         CallMetadata::from_json(&raw).map_err(|e| ApiError::InvalidMetadata(e.to_string()))?;
     let sender = Sender {
-        actor: request.caller.cn.clone(),
-        role: request.caller.role.as_str().to_owned(),
+        actor: caller.cn.clone(),
+        role: caller.role.as_str().to_owned(),
     };
     let pipeline = pipeline(state);
     let ingest_error = |error: IngestError| -> ApiError {
@@ -211,6 +228,51 @@ pub(super) async fn upload(
             "retain_until": format_time(stored.retain_until),
         }),
     ))
+}
+
+fn idle_of(state: &AppState) -> Duration {
+    state.config.server.idle_timeout
+}
+
+/// Most bytes read and discarded after an early answer, and for how long.
+const DRAIN_BYTES: u64 = 64 << 20;
+const DRAIN_TIME: Duration = Duration::from_secs(30);
+
+/// Reads and discards the rest of a request body in the background (bounded), so that the
+/// answer already sent is not lost to a TCP reset when the connection closes.
+fn drain_in_background(
+    mut stream: futures_util::stream::BoxStream<'static, Result<Bytes, std::io::Error>>,
+) {
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(DRAIN_TIME, async {
+            let mut total = 0u64;
+            while let Some(Ok(chunk)) = futures_util::StreamExt::next(&mut stream).await {
+                total += chunk.len() as u64;
+                if total > DRAIN_BYTES {
+                    break;
+                }
+            }
+        })
+        .await;
+    });
+}
+
+/// Same, for a multipart body part-way through.
+fn drain_multipart(mut multipart: multer::Multipart<'static>) {
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(DRAIN_TIME, async {
+            let mut total = 0u64;
+            while let Ok(Some(mut field)) = multipart.next_field().await {
+                while let Ok(Some(chunk)) = field.chunk().await {
+                    total += chunk.len() as u64;
+                    if total > DRAIN_BYTES {
+                        return;
+                    }
+                }
+            }
+        })
+        .await;
+    });
 }
 
 /// Masks a number for roles that must not see it in full.
