@@ -165,12 +165,8 @@ impl Multipart {
         use std::sync::atomic::{AtomicU64, Ordering};
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
         Multipart {
-            boundary: format!("callguard-test-{:x}-{nanos:08x}-{n}", std::process::id()),
+            boundary: format!("callguard-test-7Hq2xZ-{:x}-{n}", std::process::id()),
             body: Vec::new(),
         }
     }
@@ -269,6 +265,22 @@ impl StreamingRequest {
                 Err(format!("no answer within {STREAM_TIMEOUT:?}"))
             }
         }
+    }
+
+    /// Waits for the answer with the body still open (a server may answer before reading
+    /// it all: 413 ...), then drops the connection.
+    pub async fn answer(mut self) -> Result<Response, String> {
+        let result = match tokio::time::timeout(STREAM_TIMEOUT, &mut self.response).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(join)) => Err(format!("request task: {join}")),
+            Err(_) => {
+                self.response.abort();
+                Err(format!("no answer within {STREAM_TIMEOUT:?}"))
+            }
+        };
+        self.connection.abort();
+        let _ = (&mut self.connection).await;
+        result
     }
 
     /// Drops the connection mid-request, without ending the body (a client that crashes).
@@ -398,15 +410,27 @@ impl Client {
         metadata: &serde_json::Value,
         file_name: &str,
     ) -> Result<StreamingUpload, String> {
+        self.start_upload_sized(metadata, file_name, None).await
+    }
+
+    /// Same; with `Some(audio_len)` the request announces the `content-length` of the whole
+    /// body holding that much audio (instead of being chunked).
+    pub async fn start_upload_sized(
+        &self,
+        metadata: &serde_json::Value,
+        file_name: &str,
+        audio_len: Option<usize>,
+    ) -> Result<StreamingUpload, String> {
         let form = Multipart::new().json("metadata", metadata);
         let content_type = form.content_type();
         let (head, tail) = form.open_file("audio", file_name);
+        let length = audio_len.map(|n| (head.len() + n + tail.len()).to_string());
+        let mut headers = vec![("content-type", content_type.as_str())];
+        if let Some(length) = &length {
+            headers.push(("content-length", length.as_str()));
+        }
         let request = self
-            .start_streaming(
-                hyper::Method::POST,
-                "/v1/recordings",
-                &[("content-type", &content_type)],
-            )
+            .start_streaming(hyper::Method::POST, "/v1/recordings", &headers)
             .await?;
         request.send(head).await?;
         Ok(StreamingUpload { request, tail })
@@ -432,6 +456,11 @@ impl StreamingUpload {
             let _ = self.request.send(self.tail).await;
         }
         self.request.finish().await
+    }
+
+    /// Waits for an early answer, the body still open.
+    pub async fn answer(self) -> Result<Response, String> {
+        self.request.answer().await
     }
 
     /// Drops the connection mid-upload.
