@@ -1,0 +1,1647 @@
+//! Load generator for the streaming upload (SPEC §5.1): uploads generated 8 kHz µ-law WAV
+//! recordings over HTTPS with mutual TLS (`recorder` identity) to a running callguard, with M
+//! concurrent streams (one keep-alive connection each), and prints throughput, latency
+//! percentiles, outcomes by status and the server's peak RSS.
+//!
+//! Two modes:
+//! - bulk (default): `--files N` uploads as fast as the server takes them, bodies of known
+//!   length sent in 64 KiB frames; with `--baseline-dir DIR` the same files are then written
+//!   with write+fsync into DIR by M threads and the ingest/copy ratio is printed.
+//! - `--realtime`: every upload is paced like a live call (8000 bytes/s, 100 ms chunks of
+//!   800 bytes, chunked transfer encoding), and the time each chunk waits between its scheduled
+//!   instant and being taken by the connection is reported. With `--duration SECS`, M live
+//!   calls are kept running for that long (first calls are shortened so that call ends are
+//!   spread evenly), a new call starting as one ends; calls in progress at the deadline finish.
+//!
+//! A plain `fn main` (`harness = false`): it drives an external server and measures
+//! distributions, which criterion does not fit. It talks only to the given loopback URL, stops
+//! by itself, and gives up on a request that makes no progress for 60 s.
+//!
+//! Run: `cargo bench --bench loadgen -- --help`.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::error::Error;
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use callguard::clock::{Clock, SystemClock};
+use clap::Parser;
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, SizeHint};
+use hyper::client::conn::http1::SendRequest;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
+
+/// A request that makes no progress (no body frame taken, no answer) for this long fails.
+const STALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// µ-law at 8 kHz: one byte per sample.
+const BYTES_PER_SECOND: usize = 8000;
+/// Realtime pacing: 100 ms of audio per chunk.
+const CHUNK_INTERVAL: Duration = Duration::from_millis(100);
+const CHUNK_BYTES: usize = BYTES_PER_SECOND / 10;
+/// Bulk mode frame size.
+const BULK_FRAME: usize = 64 * 1024;
+/// Size of the RIFF/WAVE header written by `wav_header`.
+const WAV_HEADER_BYTES: usize = 58;
+/// Distinct audio contents generated are capped at this many bytes (files reuse them in turn;
+/// every upload still has its own call_id).
+const POOL_BYTES: usize = 256 << 20;
+/// Chunks waiting longer than this are counted as late.
+const LATE_CHUNK: Duration = Duration::from_secs(1);
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "loadgen",
+    about = "Upload load generator for callguard (POST /v1/recordings over mutual TLS).",
+    long_about = "Upload load generator for callguard (POST /v1/recordings over mutual TLS).\n\n\
+        Uploads generated 8 kHz mono µ-law WAV recordings to a running callguard with the \
+        `recorder` identity, M concurrent streams each on its own keep-alive connection, and \
+        prints throughput, latency percentiles, outcomes by status and the server's peak RSS.\n\n\
+        Relative paths are relative to the working directory, which is the package root under \
+        `cargo bench`.",
+    after_help = "Examples:\n  \
+        cargo bench --bench loadgen -- --files 2000 --concurrency 8 --baseline-dir /var/lib/callguard-bench\n  \
+        cargo bench --bench loadgen -- --realtime --concurrency 500 --duration 60 --server-pid $(pidof callguard)"
+)]
+struct Options {
+    /// Base URL of the callguard API; must be a loopback address.
+    #[arg(long, default_value = "https://127.0.0.1:8443")]
+    url: String,
+    /// Directory holding `ca.crt`, `recorder.crt` and `recorder.key`.
+    #[arg(long, default_value = "callguard-dev/pki")]
+    pki: PathBuf,
+    /// Number of uploads (ignored with --realtime --duration).
+    #[arg(long, default_value_t = 200)]
+    files: u64,
+    /// Concurrent upload streams, each on its own TLS connection reused across uploads.
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+    /// Length of each recording, in seconds of 8 kHz µ-law (8000 bytes per second).
+    #[arg(long, default_value_t = 60.0)]
+    seconds_of_audio: f64,
+    /// Pace every upload at real time (800-byte chunks every 100 ms, chunked encoding) and
+    /// report per-chunk send latency.
+    #[arg(long)]
+    realtime: bool,
+    /// With --realtime: keep --concurrency live calls running for this many seconds, starting a
+    /// new call as one ends (calls in progress at the end are completed).
+    #[arg(long, value_name = "SECS")]
+    duration: Option<f64>,
+    /// Process id of the server, to report its peak RSS (VmHWM in /proc/PID/status).
+    #[arg(long, value_name = "PID")]
+    server_pid: Option<u32>,
+    /// File holding the server's process id (alternative to --server-pid).
+    #[arg(long, value_name = "FILE", conflicts_with = "server_pid")]
+    server_pid_file: Option<PathBuf>,
+    /// Bulk mode only: afterwards write the same files with write+fsync into a new
+    /// subdirectory of DIR (removed at the end) with --concurrency threads, and print that
+    /// throughput and the ingest/copy ratio. Put DIR on the server's data disk.
+    #[arg(long, value_name = "DIR")]
+    baseline_dir: Option<PathBuf>,
+    /// Print the summary as one JSON line on stdout (progress still goes to stderr).
+    #[arg(long)]
+    json: bool,
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+fn main() {
+    let explicit = std::env::args().skip(1).any(|arg| arg != "--bench");
+    let options = Options::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => fail(&format!("cannot start the runtime: {error}")),
+    };
+    match runtime.block_on(run(options)) {
+        Ok(()) => {}
+        Err(RunError::NoInstance(why)) if !explicit => {
+            // `cargo bench` without arguments runs every bench: do not fail the others
+            // because no development instance is running.
+            eprintln!("loadgen: skipped, no callguard instance to load ({why}); see --help");
+        }
+        Err(RunError::NoInstance(why)) | Err(RunError::Usage(why)) => fail(&why),
+    }
+}
+
+fn fail(why: &str) -> ! {
+    eprintln!("loadgen: {why}");
+    std::process::exit(1)
+}
+
+enum RunError {
+    /// Bad options or files.
+    Usage(String),
+    /// No instance to load: its certificates cannot be read or the preflight request did not
+    /// get through.
+    NoInstance(String),
+}
+
+// ---------------------------------------------------------------------------------------------
+// Audio
+
+/// G.711 µ-law encoding of one 16-bit linear sample.
+fn linear_to_ulaw(sample: i16) -> u8 {
+    const BIAS: i32 = 0x84;
+    const CLIP: i32 = 32635;
+    let mut magnitude = i32::from(sample);
+    let sign = if magnitude < 0 {
+        magnitude = -magnitude;
+        0x80
+    } else {
+        0x00
+    };
+    magnitude = magnitude.min(CLIP) + BIAS;
+    // Position of the highest set bit among bits 7..=14 gives the segment (exponent).
+    let exponent = (31 - magnitude.leading_zeros() as i32 - 7).clamp(0, 7);
+    let mantissa = (magnitude >> (exponent + 3)) & 0x0F;
+    !(sign | (exponent << 4) | mantissa) as u8
+}
+
+/// RIFF/WAVE header for `samples` bytes of 8 kHz mono µ-law (format tag 7): `fmt ` with
+/// cbSize, `fact` (required for non-PCM formats), then the `data` chunk header.
+fn wav_header(samples: usize) -> [u8; WAV_HEADER_BYTES] {
+    let data = samples as u32;
+    let mut header = [0u8; WAV_HEADER_BYTES];
+    let mut at = 0;
+    let mut put = |bytes: &[u8]| {
+        header[at..at + bytes.len()].copy_from_slice(bytes);
+        at += bytes.len();
+    };
+    put(b"RIFF");
+    put(&(WAV_HEADER_BYTES as u32 - 8 + data + data % 2).to_le_bytes());
+    put(b"WAVE");
+    put(b"fmt ");
+    put(&18u32.to_le_bytes());
+    put(&7u16.to_le_bytes()); // WAVE_FORMAT_MULAW
+    put(&1u16.to_le_bytes()); // channels
+    put(&8000u32.to_le_bytes()); // sample rate
+    put(&8000u32.to_le_bytes()); // byte rate
+    put(&1u16.to_le_bytes()); // block align
+    put(&8u16.to_le_bytes()); // bits per sample
+    put(&0u16.to_le_bytes()); // cbSize
+    put(b"fact");
+    put(&4u32.to_le_bytes());
+    put(&data.to_le_bytes()); // sample frames
+    put(b"data");
+    put(&data.to_le_bytes());
+    header
+}
+
+/// `len` µ-law samples of a tone (different for each `seed`) with a little noise.
+fn generate_samples(seed: u64, len: usize) -> Bytes {
+    let frequency = 300.0 + (seed % 27) as f64 * 100.0;
+    let step = 2.0 * std::f64::consts::PI * frequency / BYTES_PER_SECOND as f64;
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len);
+    for index in 0..len {
+        // xorshift64 noise, about -40 dBFS.
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let noise = ((state >> 40) as i32 - (1 << 23)) as f64 / (1 << 23) as f64 * 300.0;
+        let tone = (index as f64 * step).sin() * 8000.0;
+        out.push(linear_to_ulaw((tone + noise) as i16));
+    }
+    Bytes::from(out)
+}
+
+/// Distinct audio contents, each `len` samples, at most `POOL_BYTES` in all.
+fn audio_pool(files: u64, len: usize) -> Vec<Bytes> {
+    let count = (POOL_BYTES / len.max(1)).clamp(1, files.max(1) as usize);
+    (0..count as u64)
+        .map(|seed| generate_samples(seed, len))
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The target
+
+struct Target {
+    addr: SocketAddr,
+    server_name: ServerName<'static>,
+    authority: String,
+    tls: Arc<rustls::ClientConfig>,
+}
+
+fn parse_target(url: &str, pki: &Path) -> Result<Target, String> {
+    let rest = url
+        .strip_prefix("https://")
+        .ok_or_else(|| format!("--url {url}: only https:// URLs are supported"))?;
+    let authority = rest.trim_end_matches('/');
+    if authority.contains('/') {
+        return Err(format!(
+            "--url {url}: give the base URL only (https://HOST:PORT)"
+        ));
+    }
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(v6) => {
+            let (host, after) = v6
+                .split_once(']')
+                .ok_or_else(|| format!("--url {url}: unbalanced ["))?;
+            let port = after.strip_prefix(':').unwrap_or("443");
+            (host.to_owned(), port)
+        }
+        None => match authority.rsplit_once(':') {
+            Some((host, port)) => (host.to_owned(), port),
+            None => (authority.to_owned(), "443"),
+        },
+    };
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("--url {url}: bad port {port:?}"))?;
+    let addr = (host.as_str(), port)
+        .to_socket_addrs()
+        .map_err(|e| format!("--url {url}: cannot resolve {host}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("--url {url}: {host} has no address"))?;
+    if !addr.ip().is_loopback() {
+        return Err(format!(
+            "--url {url}: {} is not a loopback address; loadgen only loads a local instance",
+            addr.ip()
+        ));
+    }
+    let server_name = match host.parse::<IpAddr>() {
+        Ok(ip) => ServerName::IpAddress(ip.into()),
+        Err(_) => ServerName::try_from(host.clone())
+            .map_err(|e| format!("--url {url}: bad host name: {e}"))?,
+    };
+    Ok(Target {
+        addr,
+        server_name,
+        authority: authority.to_owned(),
+        tls: Arc::new(tls_config(pki)?),
+    })
+}
+
+fn tls_config(pki: &Path) -> Result<rustls::ClientConfig, String> {
+    let ca = pki.join("ca.crt");
+    let cert = pki.join("recorder.crt");
+    let key = pki.join("recorder.key");
+    let read_certs = |path: &Path| -> Result<Vec<CertificateDer<'static>>, String> {
+        CertificateDer::pem_file_iter(path)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| format!("cannot read {}: {e} (see --pki)", path.display()))
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for root in read_certs(&ca)? {
+        roots
+            .add(root)
+            .map_err(|e| format!("{}: {e}", ca.display()))?;
+    }
+    let chain = read_certs(&cert)?;
+    let key = PrivateKeyDer::from_pem_file(&key)
+        .map_err(|e| format!("cannot read {}: {e} (see --pki)", key.display()))?;
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| format!("{}: {e}", cert.display()))
+}
+
+type Connection = SendRequest<UploadBody>;
+
+/// Opens one mutual-TLS HTTP/1.1 connection; the error is a short outcome key. With
+/// `small_buffer` (paced uploads), hyper buffers at most 8 KiB of body before it stops taking
+/// chunks, so that a chunk is "taken" when it goes to the TLS stream, not to a deep queue.
+async fn connect<B>(target: &Target, small_buffer: bool) -> Result<SendRequest<B>, String>
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn Error + Send + Sync>>,
+{
+    let open = async {
+        let tcp = tokio::net::TcpStream::connect(target.addr)
+            .await
+            .map_err(|e| format!("connect: {}", e.kind()))?;
+        let _ = tcp.set_nodelay(true);
+        let tls = tokio_rustls::TlsConnector::from(target.tls.clone())
+            .connect(target.server_name.clone(), tcp)
+            .await
+            .map_err(|e| format!("tls: {e}"))?;
+        let mut builder = hyper::client::conn::http1::Builder::new();
+        if small_buffer {
+            builder.max_buf_size(8192);
+        }
+        let (sender, connection) = builder
+            .handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .map_err(|e| format!("http handshake: {e}"))?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(sender)
+    };
+    match tokio::time::timeout(STALL_TIMEOUT, open).await {
+        Ok(result) => result,
+        Err(_) => Err("connect: timeout".into()),
+    }
+}
+
+/// `GET /v1/status` on a connection of its own: the server's version.
+async fn preflight(target: &Target) -> Result<String, String> {
+    let exchange = async {
+        let mut sender = connect::<http_body_util::Empty<Bytes>>(target, false).await?;
+        let request = hyper::Request::get("/v1/status")
+            .header(hyper::header::HOST, &target.authority)
+            .body(http_body_util::Empty::new())
+            .map_err(|e| e.to_string())?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| format!("GET /v1/status: {e}"))?;
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("GET /v1/status: {e}"))?
+            .to_bytes();
+        if !status.is_success() {
+            return Err(format!(
+                "GET /v1/status answered {status}: {}",
+                String::from_utf8_lossy(&body)
+            ));
+        }
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        Ok(json["version"].as_str().unwrap_or("unknown").to_owned())
+    };
+    tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .map_err(|_| "GET /v1/status: timeout".to_owned())?
+}
+
+// ---------------------------------------------------------------------------------------------
+// The request body
+
+/// One paced chunk: its bytes, the instant it was due, the instant the pacer released it,
+/// whether it ends the body.
+struct Chunk {
+    data: Bytes,
+    due: Instant,
+    released: Instant,
+    last: bool,
+}
+
+enum Source {
+    /// Everything available at once (bulk mode).
+    Ready(VecDeque<Bytes>),
+    /// Chunks released by the pacer (realtime mode).
+    Paced(mpsc::Receiver<Chunk>),
+}
+
+/// What one upload's body has done, shared with the uploader.
+struct Progress {
+    origin: Instant,
+    /// Microseconds since `origin` of the last frame taken by the connection.
+    last_us: AtomicU64,
+    /// Microseconds since `origin` (+1) when the last frame was taken; 0 while sending.
+    sent_us: AtomicU64,
+    /// Per chunk (paced bodies only), in microseconds: (released → taken by the connection,
+    /// due → released).
+    chunks: Mutex<Vec<(u32, u32)>>,
+}
+
+impl Progress {
+    fn new() -> Progress {
+        Progress {
+            origin: Instant::now(),
+            last_us: AtomicU64::new(0),
+            sent_us: AtomicU64::new(0),
+            chunks: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn micros(&self) -> u64 {
+        self.origin.elapsed().as_micros() as u64
+    }
+
+    fn touch(&self) {
+        self.last_us.store(self.micros(), Ordering::Relaxed);
+    }
+
+    fn mark_sent(&self) {
+        self.sent_us.store(self.micros() + 1, Ordering::Relaxed);
+    }
+
+    fn sent_at(&self) -> Option<Instant> {
+        match self.sent_us.load(Ordering::Relaxed) {
+            0 => None,
+            us => Some(self.origin + Duration::from_micros(us - 1)),
+        }
+    }
+
+    fn stalled(&self) -> bool {
+        let idle = self.micros() - self.last_us.load(Ordering::Relaxed);
+        Duration::from_micros(idle) > STALL_TIMEOUT
+    }
+}
+
+/// The multipart body of one upload. A paced body whose pacer goes away before the last chunk
+/// fails (so hyper aborts the request) instead of ending: a truncated upload must never look
+/// complete.
+struct UploadBody {
+    source: Source,
+    progress: Arc<Progress>,
+    length: Option<u64>,
+    finished: bool,
+}
+
+impl Body for UploadBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        let this = self.get_mut();
+        if this.finished {
+            return Poll::Ready(None);
+        }
+        match &mut this.source {
+            Source::Ready(queue) => {
+                let Some(data) = queue.pop_front() else {
+                    this.finished = true;
+                    this.progress.mark_sent();
+                    return Poll::Ready(None);
+                };
+                this.progress.touch();
+                if queue.is_empty() {
+                    this.finished = true;
+                    this.progress.mark_sent();
+                }
+                Poll::Ready(Some(Ok(Frame::data(data))))
+            }
+            Source::Paced(receiver) => match receiver.poll_recv(cx) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Some(chunk)) => {
+                    let micros = |d: Duration| d.as_micros().min(u32::MAX as u128) as u32;
+                    let waited = micros(chunk.released.elapsed());
+                    let lag = micros(chunk.released.saturating_duration_since(chunk.due));
+                    this.progress.touch();
+                    if let Ok(mut chunks) = this.progress.chunks.lock() {
+                        chunks.push((waited, lag));
+                    }
+                    if chunk.last {
+                        this.finished = true;
+                        this.progress.mark_sent();
+                    }
+                    Poll::Ready(Some(Ok(Frame::data(chunk.data))))
+                }
+                Poll::Ready(None) => Poll::Ready(Some(Err(std::io::Error::other(
+                    "upload abandoned before its end",
+                )))),
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.finished
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.length {
+            Some(length) => SizeHint::with_exact(length),
+            None => SizeHint::default(),
+        }
+    }
+}
+
+/// Releases a paced upload: the multipart head (with the WAV header) at once, then one chunk of
+/// audio per 100 ms as it would be recorded, then the closing boundary with the last chunk.
+async fn pace(sender: mpsc::Sender<Chunk>, head: Bytes, audio: Bytes, tail: Bytes, start: Instant) {
+    let chunk = |data, due, last| Chunk {
+        data,
+        due,
+        released: Instant::now(),
+        last,
+    };
+    if sender.send(chunk(head, start, false)).await.is_err() {
+        return;
+    }
+    let mut due = start;
+    let mut offset = 0;
+    while offset < audio.len() {
+        let end = (offset + CHUNK_BYTES).min(audio.len());
+        due += CHUNK_INTERVAL;
+        tokio::time::sleep_until(due.into()).await;
+        if sender
+            .send(chunk(audio.slice(offset..end), due, false))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        offset = end;
+    }
+    let _ = sender.send(chunk(tail, due, true)).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Uploads
+
+/// Shared state of a run.
+struct Shared {
+    options: Options,
+    target: Arc<Target>,
+    run: String,
+    boundary: String,
+    started_at: String,
+    pool: Vec<Bytes>,
+    /// Next upload number.
+    next: AtomicU64,
+    /// Realtime with --duration: no call starts after this instant.
+    deadline: Option<Instant>,
+    done: AtomicU64,
+    errors: AtomicU64,
+    in_flight: AtomicUsize,
+    peak_in_flight: AtomicUsize,
+}
+
+/// What happened to one upload.
+struct Record {
+    /// `201 stored`, `501 not_implemented`, `timeout`, ...
+    outcome: String,
+    /// 2xx with `"status": "stored"` (201, or 200 for a repeat).
+    stored: bool,
+    /// Any 2xx (stored or discarded); everything else is an error.
+    success: bool,
+    audio_bytes: u64,
+    /// Request start to full answer (None when no answer came).
+    total: Option<Duration>,
+    /// Last body byte taken by the connection to the answer's head.
+    commit: Option<Duration>,
+}
+
+#[derive(Default)]
+struct StreamReport {
+    records: Vec<Record>,
+    /// (released → taken, due → released) in microseconds, per paced chunk.
+    chunk_us: Vec<(u32, u32)>,
+    connections: u64,
+}
+
+impl Shared {
+    fn multipart_head(&self, number: u64, samples: usize) -> Bytes {
+        let metadata = serde_json::json!({
+            "call_id": format!("load-{}-{number}", self.run),
+            "started_at": self.started_at,
+            "direction": "inbound",
+            "caller": format!("+3361234{:04}", number % 10_000),
+            "callee": "+33145678900",
+        });
+        let boundary = &self.boundary;
+        let mut head = format!(
+            "--{boundary}\r\n\
+             Content-Disposition: form-data; name=\"metadata\"\r\n\
+             Content-Type: application/json\r\n\r\n\
+             {metadata}\r\n\
+             --{boundary}\r\n\
+             Content-Disposition: form-data; name=\"audio\"; filename=\"load-{run}-{number}.wav\"\r\n\
+             Content-Type: audio/wav\r\n\r\n",
+            run = self.run
+        )
+        .into_bytes();
+        head.extend_from_slice(&wav_header(samples));
+        Bytes::from(head)
+    }
+
+    fn tail(&self) -> Bytes {
+        Bytes::from(format!("\r\n--{}--\r\n", self.boundary))
+    }
+
+    /// Audio of upload `number` (the first call of a stream in --duration mode is shorter).
+    fn audio(&self, number: u64, samples: Option<usize>) -> Bytes {
+        let audio = &self.pool[(number % self.pool.len() as u64) as usize];
+        match samples {
+            Some(len) => audio.slice(..len.min(audio.len())),
+            None => audio.clone(),
+        }
+    }
+}
+
+/// One upload on the stream's connection (opened or reopened as needed).
+async fn upload(
+    shared: &Shared,
+    connection: &mut Option<Connection>,
+    report: &mut StreamReport,
+    number: u64,
+    audio: Bytes,
+) -> Record {
+    let audio_bytes = (WAV_HEADER_BYTES + audio.len()) as u64;
+    let failed = |outcome: String| Record {
+        outcome,
+        stored: false,
+        success: false,
+        audio_bytes,
+        total: None,
+        commit: None,
+    };
+    if connection.as_ref().is_none_or(|c| c.is_closed()) {
+        *connection = None;
+        report.connections += 1;
+        match connect(&shared.target, shared.options.realtime).await {
+            Ok(opened) => *connection = Some(opened),
+            Err(why) => return failed(why),
+        }
+    }
+    let Some(sender) = connection.as_mut() else {
+        return failed("connect: no connection".into());
+    };
+    match tokio::time::timeout(STALL_TIMEOUT, sender.ready()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(_)) | Err(_) => {
+            // The server closed the idle connection: open a new one.
+            *connection = None;
+            report.connections += 1;
+            match connect(&shared.target, shared.options.realtime).await {
+                Ok(opened) => *connection = Some(opened),
+                Err(why) => return failed(why),
+            }
+        }
+    }
+    let Some(sender) = connection.as_mut() else {
+        return failed("connect: no connection".into());
+    };
+
+    let head = shared.multipart_head(number, audio.len());
+    let tail = shared.tail();
+    let progress = Arc::new(Progress::new());
+    let start = Instant::now();
+    let (body, pacer) = if shared.options.realtime {
+        let (chunks, receiver) = mpsc::channel(4);
+        let body = UploadBody {
+            source: Source::Paced(receiver),
+            progress: progress.clone(),
+            length: None,
+            finished: false,
+        };
+        (body, Some(pace(chunks, head, audio, tail, start)))
+    } else {
+        let length = (head.len() + audio.len() + tail.len()) as u64;
+        let mut frames = VecDeque::with_capacity(audio.len() / BULK_FRAME + 3);
+        frames.push_back(head);
+        let mut offset = 0;
+        while offset < audio.len() {
+            let end = (offset + BULK_FRAME).min(audio.len());
+            frames.push_back(audio.slice(offset..end));
+            offset = end;
+        }
+        frames.push_back(tail);
+        let body = UploadBody {
+            source: Source::Ready(frames),
+            progress: progress.clone(),
+            length: Some(length),
+            finished: false,
+        };
+        (body, None)
+    };
+    let request = match hyper::Request::post("/v1/recordings")
+        .header(hyper::header::HOST, &shared.target.authority)
+        .header(
+            hyper::header::CONTENT_TYPE,
+            format!("multipart/form-data; boundary={}", shared.boundary),
+        )
+        .body(body)
+    {
+        Ok(request) => request,
+        Err(error) => return failed(format!("request: {error}")),
+    };
+
+    let response = sender.send_request(request);
+    tokio::pin!(response);
+    let pacer = async move {
+        if let Some(pacer) = pacer {
+            pacer.await;
+        }
+    };
+    tokio::pin!(pacer);
+    let mut pacer_done = false;
+    let answer = loop {
+        tokio::select! {
+            answer = &mut response => break answer.map_err(|e| format!("http: {}", hyper_reason(&e))),
+            () = &mut pacer, if !pacer_done => pacer_done = true,
+            () = tokio::time::sleep(Duration::from_secs(1)) => {
+                if progress.stalled() {
+                    break Err("timeout (no progress for 60 s)".into());
+                }
+            }
+        }
+    };
+    let head_at = Instant::now();
+    let complete = progress.sent_at();
+    if let Ok(mut chunks) = progress.chunks.lock() {
+        report.chunk_us.append(&mut chunks);
+    }
+    let response = match answer {
+        Ok(response) => response,
+        Err(why) => {
+            *connection = None;
+            return failed(why);
+        }
+    };
+    let status = response.status();
+    let closing = response
+        .headers()
+        .get(hyper::header::CONNECTION)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+    let body = match tokio::time::timeout(STALL_TIMEOUT, response.into_body().collect()).await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(error)) => {
+            *connection = None;
+            return failed(format!("http: {}", hyper_reason(&error)));
+        }
+        Err(_) => {
+            *connection = None;
+            return failed("timeout (answer body)".into());
+        }
+    };
+    let total = start.elapsed();
+    if complete.is_none() || closing {
+        // Answered before the whole body was sent (or asked to close): the connection cannot
+        // carry another request.
+        *connection = None;
+    }
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let detail = if status.is_success() {
+        match (json["status"].as_str(), json["reason"].as_str()) {
+            (Some("discarded"), Some(reason)) => format!("discarded {reason}"),
+            (Some(state), _) => state.to_owned(),
+            (None, _) => "unparsed answer".to_owned(),
+        }
+    } else {
+        json["error"]["code"]
+            .as_str()
+            .unwrap_or("unparsed answer")
+            .to_owned()
+    };
+    Record {
+        outcome: format!("{} {detail}", status.as_u16()),
+        stored: status.is_success() && json["status"] == "stored",
+        success: status.is_success(),
+        audio_bytes,
+        total: Some(total),
+        commit: complete.map(|sent| head_at.saturating_duration_since(sent)),
+    }
+}
+
+fn hyper_reason(error: &hyper::Error) -> String {
+    if error.is_incomplete_message() {
+        "connection closed before the answer".into()
+    } else if error.is_closed() || error.is_canceled() {
+        "connection closed".into()
+    } else if error.is_body_write_aborted() {
+        "body write aborted".into()
+    } else if error.is_timeout() {
+        "timeout".into()
+    } else {
+        error.to_string()
+    }
+}
+
+/// One stream: uploads on its connection until the files or the duration run out.
+async fn stream(
+    shared: Arc<Shared>,
+    index: usize,
+    mut connection: Option<Connection>,
+    mut report: StreamReport,
+    load_start: Instant,
+) -> StreamReport {
+    let options = &shared.options;
+    let full = shared.pool[0].len();
+    let mut first = true;
+    loop {
+        let now = Instant::now();
+        if let Some(deadline) = shared.deadline
+            && now >= deadline
+        {
+            break;
+        }
+        let number = shared.next.fetch_add(1, Ordering::Relaxed);
+        if shared.deadline.is_none() && number >= options.files {
+            break;
+        }
+        // Steady state from the start: the first call of stream i is (i+1)/M of a full call,
+        // so that call ends (and new calls) are spread evenly instead of all at once.
+        let samples = match (first && shared.deadline.is_some(), options.concurrency) {
+            (true, m) if m > 1 => {
+                let chunks = full.div_ceil(CHUNK_BYTES);
+                let mine = (chunks * (index + 1)).div_ceil(m).max(1);
+                Some((mine * CHUNK_BYTES).min(full))
+            }
+            _ => None,
+        };
+        first = false;
+        let audio = shared.audio(number, samples);
+        let call_length = Duration::from_secs_f64(audio.len() as f64 / BYTES_PER_SECOND as f64);
+        let in_flight = shared.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        shared
+            .peak_in_flight
+            .fetch_max(in_flight, Ordering::Relaxed);
+        let call_start = Instant::now();
+        let record = upload(&shared, &mut connection, &mut report, number, audio).await;
+        shared.in_flight.fetch_sub(1, Ordering::Relaxed);
+        shared.done.fetch_add(1, Ordering::Relaxed);
+        if !record.success {
+            shared.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        report.records.push(record);
+        if options.realtime {
+            // A live call lasts its length whatever the answer: an early error does not make
+            // the recorder send the next call sooner.
+            let next = (call_start + call_length).max(load_start);
+            tokio::time::sleep_until(next.into()).await;
+        }
+    }
+    report
+}
+
+// ---------------------------------------------------------------------------------------------
+// Server memory
+
+fn read_status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|line| {
+        let value = line.strip_prefix(field)?.strip_prefix(':')?;
+        value.trim().strip_suffix("kB")?.trim().parse().ok()
+    })
+}
+
+/// CPU time (user + system) of a process in seconds, from `/proc/<pid>/stat` (`self` for this
+/// one), counted in USER_HZ = 100 ticks per second as on every mainstream Linux ABI.
+fn cpu_seconds(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start at field 3, `state`.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) as f64 / 100.0)
+}
+
+/// CPU time all processors spent busy, in seconds (first line of `/proc/stat`: everything but
+/// idle and iowait; guest time is already counted in user).
+fn busy_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()?
+        .strip_prefix("cpu ")?
+        .split_whitespace()
+        .take(8)
+        .map(|field| field.parse().ok())
+        .collect::<Option<_>>()?;
+    let total: u64 = ticks.iter().sum();
+    Some((total - ticks.get(3)? - ticks.get(4)?) as f64 / 100.0)
+}
+
+/// What the server and the load generator used during the load phase.
+struct Resources {
+    pid: Option<u32>,
+    hwm_kib: Option<u64>,
+    max_rss_kib: Option<u64>,
+    server_cpu_s: Option<f64>,
+    loadgen_cpu_s: Option<f64>,
+    /// All processors, busy (server and loadgen included).
+    busy_cpu_s: Option<f64>,
+    cpus: usize,
+}
+
+impl Resources {
+    /// Busy time not spent in the server or the load generator: other load on the machine
+    /// (the server's share is unknown without its pid).
+    fn other_cpu_s(&self) -> Option<f64> {
+        let others = self.busy_cpu_s? - self.server_cpu_s? - self.loadgen_cpu_s?;
+        Some(others.max(0.0))
+    }
+}
+
+fn server_pid(options: &Options) -> Result<Option<u32>, String> {
+    if let Some(pid) = options.server_pid {
+        return Ok(Some(pid));
+    }
+    match &options.server_pid_file {
+        None => Ok(None),
+        Some(file) => {
+            let text = std::fs::read_to_string(file)
+                .map_err(|e| format!("--server-pid-file {}: {e}", file.display()))?;
+            text.trim().parse().map(Some).map_err(|_| {
+                format!(
+                    "--server-pid-file {}: no process id in {:?}",
+                    file.display(),
+                    text.trim()
+                )
+            })
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Baseline: the same files written with write+fsync
+
+struct Baseline {
+    dir: PathBuf,
+    wall: Duration,
+    files: u64,
+    bytes: u64,
+    error: Option<String>,
+}
+
+fn baseline(shared: &Shared, parent: &Path) -> Result<Baseline, String> {
+    let dir = parent.join(format!("loadgen-baseline-{}", shared.run));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("--baseline-dir {}: {e}", dir.display()))?;
+    let files = shared.options.files;
+    let next = AtomicU64::new(0);
+    let written = AtomicU64::new(0);
+    let bytes = AtomicU64::new(0);
+    let failed = AtomicBool::new(false);
+    let first_error: Mutex<Option<String>> = Mutex::new(None);
+    let start = Instant::now();
+    std::thread::scope(|scope| {
+        for _ in 0..shared.options.concurrency {
+            scope.spawn(|| {
+                while !failed.load(Ordering::Relaxed) {
+                    let number = next.fetch_add(1, Ordering::Relaxed);
+                    if number >= files {
+                        break;
+                    }
+                    let audio = shared.audio(number, None);
+                    let path = dir.join(format!("load-{}-{number}.wav", shared.run));
+                    let result = std::fs::File::create(&path).and_then(|mut file| {
+                        file.write_all(&wav_header(audio.len()))?;
+                        file.write_all(&audio)?;
+                        file.sync_all()
+                    });
+                    match result {
+                        Ok(()) => {
+                            written.fetch_add(1, Ordering::Relaxed);
+                            bytes.fetch_add(
+                                (WAV_HEADER_BYTES + audio.len()) as u64,
+                                Ordering::Relaxed,
+                            );
+                        }
+                        Err(error) => {
+                            failed.store(true, Ordering::Relaxed);
+                            if let Ok(mut slot) = first_error.lock() {
+                                slot.get_or_insert(format!("{}: {error}", path.display()));
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let wall = start.elapsed();
+    let cleanup = std::fs::remove_dir_all(&dir);
+    let mut error = first_error.into_inner().unwrap_or_default();
+    if let Err(e) = cleanup {
+        error.get_or_insert(format!("cannot remove {}: {e}", dir.display()));
+    }
+    Ok(Baseline {
+        dir,
+        wall,
+        files: written.into_inner(),
+        bytes: bytes.into_inner(),
+        error,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// The run
+
+async fn run(options: Options) -> Result<(), RunError> {
+    let usage = RunError::Usage;
+    // The encoder against G.711's reference points: silence, and both ends of the range.
+    assert_eq!(
+        [
+            linear_to_ulaw(0),
+            linear_to_ulaw(i16::MAX),
+            linear_to_ulaw(i16::MIN)
+        ],
+        [0xFF, 0x80, 0x00]
+    );
+    if options.concurrency == 0 {
+        return Err(usage("--concurrency must be at least 1".into()));
+    }
+    if !(options.seconds_of_audio.is_finite() && options.seconds_of_audio >= 0.1) {
+        return Err(usage("--seconds-of-audio must be at least 0.1".into()));
+    }
+    if options.seconds_of_audio > 4.0 * 3600.0 {
+        return Err(usage("--seconds-of-audio is at most 14400 (4 h)".into()));
+    }
+    if options.duration.is_some() && !options.realtime {
+        return Err(usage("--duration needs --realtime".into()));
+    }
+    if let Some(duration) = options.duration
+        && !(duration.is_finite() && duration > 0.0 && duration <= 86_400.0)
+    {
+        return Err(usage(
+            "--duration must be between 0 and 86400 seconds".into(),
+        ));
+    }
+    if options.baseline_dir.is_some() && options.realtime {
+        return Err(usage(
+            "--baseline-dir compares bulk ingest with copy+fsync: not with --realtime".into(),
+        ));
+    }
+    if options.duration.is_none() && options.files == 0 {
+        return Err(usage("--files must be at least 1".into()));
+    }
+    let pid = server_pid(&options).map_err(usage)?;
+    let target = parse_target(&options.url, &options.pki).map_err(RunError::NoInstance)?;
+    let version = preflight(&target)
+        .await
+        .map_err(|why| RunError::NoInstance(format!("{}: {why}", options.url)))?;
+
+    // Whole 100 ms chunks of audio.
+    let samples = ((options.seconds_of_audio * 10.0).round() as usize).max(1) * CHUNK_BYTES;
+    let pool_files = if options.duration.is_some() {
+        options.concurrency as u64 * 4
+    } else {
+        options.files
+    };
+    let pool = audio_pool(pool_files, samples);
+    let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let now = SystemClock.now().as_second();
+    let started_at = jiff::Timestamp::from_second(now - 300 - options.seconds_of_audio as i64)
+        .map(|t| t.to_string())
+        .map_err(|e| usage(format!("clock: {e}")))?;
+    eprintln!(
+        "loadgen: run {run} against {} (callguard {version}): {} distinct recordings of {} bytes generated",
+        options.url,
+        pool.len(),
+        WAV_HEADER_BYTES + samples
+    );
+
+    // Open every stream's connection before the clock starts (handshakes apart from the load).
+    let connect_start = Instant::now();
+    let target = Arc::new(target);
+    let gate = Arc::new(Semaphore::new(64));
+    let mut opening = JoinSet::new();
+    let realtime = options.realtime;
+    for index in 0..options.concurrency {
+        let target = target.clone();
+        let gate = gate.clone();
+        opening.spawn(async move {
+            let _permit = gate.acquire_owned().await;
+            (index, connect(&target, realtime).await)
+        });
+    }
+    let mut connections: Vec<Option<Connection>> = (0..options.concurrency).map(|_| None).collect();
+    let mut connect_errors: BTreeMap<String, u64> = BTreeMap::new();
+    while let Some(joined) = opening.join_next().await {
+        if let Ok((index, result)) = joined {
+            match result {
+                Ok(connection) => connections[index] = Some(connection),
+                Err(why) => *connect_errors.entry(why).or_default() += 1,
+            }
+        }
+    }
+    let connect_wall = connect_start.elapsed();
+    let opened = connections.iter().filter(|c| c.is_some()).count();
+    eprintln!(
+        "loadgen: {opened}/{} connections opened in {:.2} s{}",
+        options.concurrency,
+        connect_wall.as_secs_f64(),
+        if connect_errors.is_empty() {
+            String::new()
+        } else {
+            format!(" (failures: {connect_errors:?}; retried at the first upload)")
+        }
+    );
+
+    let cpu_before = (
+        pid.and_then(|pid| cpu_seconds(&pid.to_string())),
+        cpu_seconds("self"),
+        busy_seconds(),
+    );
+    let load_start = Instant::now();
+    let shared = Arc::new(Shared {
+        deadline: options
+            .duration
+            .map(|secs| load_start + Duration::from_secs_f64(secs)),
+        boundary: format!("callguard-loadgen-{run}-boundary"),
+        options: options.clone(),
+        target,
+        run: run.clone(),
+        started_at,
+        pool,
+        next: AtomicU64::new(0),
+        done: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+        in_flight: AtomicUsize::new(0),
+        peak_in_flight: AtomicUsize::new(0),
+    });
+
+    let peak_rss = Arc::new(AtomicU64::new(0));
+    let sampler = pid.map(|pid| {
+        let peak_rss = peak_rss.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Some(rss) = read_status_kib(pid, "VmRSS") {
+                    peak_rss.fetch_max(rss, Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        })
+    });
+    let reporter = {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                let done = shared.done.load(Ordering::Relaxed);
+                let errors = shared.errors.load(Ordering::Relaxed);
+                eprintln!(
+                    "loadgen: [{:7.1} s] {done} uploads done ({errors} errors), {} in flight",
+                    load_start.elapsed().as_secs_f64(),
+                    shared.in_flight.load(Ordering::Relaxed)
+                );
+            }
+        })
+    };
+
+    let mut streams = JoinSet::new();
+    for (index, connection) in connections.into_iter().enumerate() {
+        let report = StreamReport {
+            connections: u64::from(connection.is_some()),
+            ..StreamReport::default()
+        };
+        streams.spawn(stream(
+            shared.clone(),
+            index,
+            connection,
+            report,
+            load_start,
+        ));
+    }
+    let mut reports = Vec::with_capacity(options.concurrency);
+    while let Some(joined) = streams.join_next().await {
+        match joined {
+            Ok(report) => reports.push(report),
+            Err(error) => eprintln!("loadgen: a stream failed: {error}"),
+        }
+    }
+    let wall = load_start.elapsed();
+    let cpu_after = (
+        pid.and_then(|pid| cpu_seconds(&pid.to_string())),
+        cpu_seconds("self"),
+        busy_seconds(),
+    );
+    reporter.abort();
+    if let Some(sampler) = sampler {
+        sampler.abort();
+    }
+    let hwm = pid.and_then(|pid| read_status_kib(pid, "VmHWM"));
+    if let Some(pid) = pid
+        && let Some(rss) = read_status_kib(pid, "VmRSS")
+    {
+        peak_rss.fetch_max(rss, Ordering::Relaxed);
+    }
+
+    let baseline = match &options.baseline_dir {
+        Some(dir) => {
+            eprintln!(
+                "loadgen: baseline: writing {} files with write+fsync under {} ({} threads)",
+                options.files,
+                dir.display(),
+                options.concurrency
+            );
+            let shared = shared.clone();
+            let dir = dir.clone();
+            let result = tokio::task::spawn_blocking(move || baseline(&shared, &dir))
+                .await
+                .map_err(|e| usage(format!("baseline: {e}")))?;
+            Some(result.map_err(usage)?)
+        }
+        None => None,
+    };
+
+    let summary = Summary::new(
+        &shared,
+        &version,
+        reports,
+        wall,
+        connect_wall,
+        Resources {
+            pid,
+            hwm_kib: hwm,
+            max_rss_kib: match peak_rss.load(Ordering::Relaxed) {
+                0 => None,
+                kib => Some(kib),
+            },
+            server_cpu_s: cpu_before.0.zip(cpu_after.0).map(|(a, b)| b - a),
+            loadgen_cpu_s: cpu_before.1.zip(cpu_after.1).map(|(a, b)| b - a),
+            busy_cpu_s: cpu_before.2.zip(cpu_after.2).map(|(a, b)| b - a),
+            cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
+        },
+        baseline,
+    );
+    if options.json {
+        println!("{}", summary.json());
+    } else {
+        print!("{}", summary.text());
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Summary
+
+/// Percentiles of a distribution in microseconds.
+#[derive(Clone, Copy)]
+struct Percentiles {
+    count: usize,
+    p50: u64,
+    p90: u64,
+    p99: u64,
+    p999: u64,
+    max: u64,
+}
+
+impl Percentiles {
+    fn of(mut values: Vec<u64>) -> Option<Percentiles> {
+        if values.is_empty() {
+            return None;
+        }
+        values.sort_unstable();
+        // Nearest rank.
+        let at = |permille: usize| {
+            let rank = (values.len() * permille).div_ceil(1000).max(1);
+            values[rank - 1]
+        };
+        Some(Percentiles {
+            count: values.len(),
+            p50: at(500),
+            p90: at(900),
+            p99: at(990),
+            p999: at(999),
+            max: values[values.len() - 1],
+        })
+    }
+
+    fn text(&self, with_p999: bool) -> String {
+        let p999 = match with_p999 {
+            true => format!(", p99.9 {}", show_us(self.p999)),
+            false => String::new(),
+        };
+        format!(
+            "p50 {}, p90 {}, p99 {}{p999}, max {} (n = {})",
+            show_us(self.p50),
+            show_us(self.p90),
+            show_us(self.p99),
+            show_us(self.max),
+            self.count
+        )
+    }
+
+    fn json(&self) -> serde_json::Value {
+        let ms = |us: u64| us as f64 / 1000.0;
+        serde_json::json!({
+            "n": self.count,
+            "p50_ms": ms(self.p50),
+            "p90_ms": ms(self.p90),
+            "p99_ms": ms(self.p99),
+            "p999_ms": ms(self.p999),
+            "max_ms": ms(self.max),
+        })
+    }
+}
+
+fn show_us(us: u64) -> String {
+    match us {
+        0..1_000 => format!("{:.3} ms", us as f64 / 1000.0),
+        1_000..10_000_000 => format!("{:.1} ms", us as f64 / 1000.0),
+        _ => format!("{:.2} s", us as f64 / 1e6),
+    }
+}
+
+fn show_kib(kib: Option<u64>) -> String {
+    match kib {
+        Some(kib) => format!("{:.1} MiB", kib as f64 / 1024.0),
+        None => "unknown".into(),
+    }
+}
+
+struct Summary {
+    run: String,
+    url: String,
+    version: String,
+    mode: &'static str,
+    concurrency: usize,
+    files: u64,
+    duration: Option<f64>,
+    seconds_of_audio: f64,
+    file_bytes: u64,
+    distinct: usize,
+    connect_wall: Duration,
+    wall: Duration,
+    connections: u64,
+    attempted: u64,
+    stored: u64,
+    stored_bytes: u64,
+    discarded: u64,
+    errors: u64,
+    outcomes: BTreeMap<String, u64>,
+    upload: Option<Percentiles>,
+    /// Whether `upload` covers failed answers too (no upload succeeded).
+    upload_all: bool,
+    commit: Option<Percentiles>,
+    chunks: Option<Percentiles>,
+    chunks_late: u64,
+    /// How late the load generator itself released chunks (timer and CPU).
+    pacer_lag: Option<Percentiles>,
+    peak_in_flight: usize,
+    resources: Resources,
+    baseline: Option<Baseline>,
+}
+
+impl Summary {
+    fn new(
+        shared: &Shared,
+        version: &str,
+        reports: Vec<StreamReport>,
+        wall: Duration,
+        connect_wall: Duration,
+        resources: Resources,
+        baseline: Option<Baseline>,
+    ) -> Summary {
+        let options = &shared.options;
+        let mut outcomes = BTreeMap::new();
+        let (mut attempted, mut success, mut stored, mut stored_bytes, mut connections) =
+            (0, 0, 0, 0, 0);
+        let (mut ok_totals, mut all_totals, mut commits) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut chunk_us, mut lag_us) = (Vec::new(), Vec::new());
+        for report in reports {
+            connections += report.connections;
+            for (waited, lag) in report.chunk_us {
+                chunk_us.push(u64::from(waited));
+                lag_us.push(u64::from(lag));
+            }
+            for record in report.records {
+                attempted += 1;
+                *outcomes.entry(record.outcome).or_default() += 1;
+                let micros = |d: Duration| d.as_micros() as u64;
+                if let Some(total) = record.total {
+                    all_totals.push(micros(total));
+                    if record.stored {
+                        ok_totals.push(micros(total));
+                    }
+                }
+                if record.success {
+                    success += 1;
+                }
+                if record.stored {
+                    stored += 1;
+                    stored_bytes += record.audio_bytes;
+                    if let Some(commit) = record.commit {
+                        commits.push(micros(commit));
+                    }
+                }
+            }
+        }
+        let upload_all = ok_totals.is_empty();
+        let late = LATE_CHUNK.as_micros() as u64;
+        Summary {
+            run: shared.run.clone(),
+            url: options.url.clone(),
+            version: version.to_owned(),
+            mode: if options.realtime { "realtime" } else { "bulk" },
+            concurrency: options.concurrency,
+            files: options.files,
+            duration: options.duration,
+            seconds_of_audio: shared.pool[0].len() as f64 / BYTES_PER_SECOND as f64,
+            file_bytes: (WAV_HEADER_BYTES + shared.pool[0].len()) as u64,
+            distinct: shared.pool.len(),
+            connect_wall,
+            wall,
+            connections,
+            attempted,
+            stored,
+            stored_bytes,
+            discarded: success - stored,
+            errors: attempted - success,
+            outcomes,
+            upload: Percentiles::of(if upload_all { all_totals } else { ok_totals }),
+            upload_all,
+            commit: Percentiles::of(commits),
+            chunks_late: chunk_us.iter().filter(|&&us| us > late).count() as u64,
+            chunks: Percentiles::of(chunk_us),
+            pacer_lag: Percentiles::of(lag_us),
+            peak_in_flight: shared.peak_in_flight.load(Ordering::Relaxed),
+            resources,
+            baseline,
+        }
+    }
+
+    fn files_per_second(&self) -> f64 {
+        self.stored as f64 / self.wall.as_secs_f64().max(1e-9)
+    }
+
+    fn megabytes_per_second(&self) -> f64 {
+        self.stored_bytes as f64 / 1e6 / self.wall.as_secs_f64().max(1e-9)
+    }
+
+    fn baseline_rates(&self) -> Option<(f64, f64)> {
+        let baseline = self.baseline.as_ref()?;
+        let secs = baseline.wall.as_secs_f64().max(1e-9);
+        Some((
+            baseline.files as f64 / secs,
+            baseline.bytes as f64 / 1e6 / secs,
+        ))
+    }
+
+    fn ratio(&self) -> Option<f64> {
+        let (_, mb) = self.baseline_rates()?;
+        (mb > 0.0).then(|| self.megabytes_per_second() / mb)
+    }
+
+    fn text(&self) -> String {
+        let mut out = String::new();
+        let mut line = |text: String| {
+            out.push_str(&text);
+            out.push('\n');
+        };
+        line(format!(
+            "callguard loadgen — run {} against {} (callguard {})",
+            self.run, self.url, self.version
+        ));
+        match (self.mode, self.duration) {
+            ("realtime", Some(duration)) => line(format!(
+                "mode: realtime, {} live calls kept for {duration} s; calls of {:.1} s \
+                 ({} bytes, first call of each stream shortened), paced at 8000 B/s in 100 ms chunks of {CHUNK_BYTES} B",
+                self.concurrency, self.seconds_of_audio, self.file_bytes
+            )),
+            ("realtime", None) => line(format!(
+                "mode: realtime, {} files of {:.1} s ({} bytes), {} at a time, paced at 8000 B/s in 100 ms chunks of {CHUNK_BYTES} B",
+                self.files, self.seconds_of_audio, self.file_bytes, self.concurrency
+            )),
+            _ => line(format!(
+                "mode: bulk, {} files of {:.1} s 8 kHz µ-law WAV ({} bytes each, {} distinct), concurrency {}",
+                self.files, self.seconds_of_audio, self.file_bytes, self.distinct, self.concurrency
+            )),
+        }
+        line(format!(
+            "connections: {} opened ({} streams set up in {:.2} s before the clock started); peak uploads in flight {}",
+            self.connections,
+            self.concurrency,
+            self.connect_wall.as_secs_f64(),
+            self.peak_in_flight
+        ));
+        line(format!("wall time: {:.2} s", self.wall.as_secs_f64()));
+        line(format!(
+            "uploads: {} attempted, {} stored, {} discarded (2xx, not stored), {} errors",
+            self.attempted, self.stored, self.discarded, self.errors
+        ));
+        for (outcome, count) in &self.outcomes {
+            line(format!("  {outcome:<44} {count:>8}"));
+        }
+        line(format!(
+            "throughput (stored uploads): {:.2} files/s, {:.2} MB/s (file bytes, 1 MB = 10^6 B)",
+            self.files_per_second(),
+            self.megabytes_per_second()
+        ));
+        let label = if self.upload_all {
+            "upload latency (start → answer; nothing stored, all answers)"
+        } else {
+            "upload latency (start → answer, stored)"
+        };
+        line(match &self.upload {
+            Some(p) => format!("{label}: {}", p.text(false)),
+            None => format!("{label}: no answer received"),
+        });
+        if let Some(p) = &self.commit {
+            line(format!(
+                "commit latency (last body byte sent → answer, stored): {}",
+                p.text(false)
+            ));
+        }
+        if self.mode == "realtime" {
+            line(match &self.chunks {
+                Some(p) => format!(
+                    "chunk send latency (released → taken by the connection): {}; {} later than 1 s",
+                    p.text(true),
+                    self.chunks_late
+                ),
+                None => "chunk send latency: no chunk sent".into(),
+            });
+            if let Some(p) = &self.pacer_lag {
+                line(format!(
+                    "pacer lag (due → released; the load generator's own timer and CPU): {}",
+                    p.text(true)
+                ));
+            }
+        }
+        if let Some(baseline) = &self.baseline {
+            let (files, mb) = self.baseline_rates().unwrap_or_default();
+            line(format!(
+                "baseline (write+fsync of the same files under {}, {} threads): {:.2} files/s, {:.2} MB/s ({} files in {:.2} s)",
+                baseline.dir.display(),
+                self.concurrency,
+                files,
+                mb,
+                baseline.files,
+                baseline.wall.as_secs_f64()
+            ));
+            if let Some(error) = &baseline.error {
+                line(format!("baseline error: {error}"));
+            }
+            line(match self.ratio() {
+                Some(ratio) => format!(
+                    "ingest / copy+fsync: {:.0} % (MB/s; target ≥ 50 %)",
+                    ratio * 100.0
+                ),
+                None => "ingest / copy+fsync: unknown".into(),
+            });
+        }
+        let r = &self.resources;
+        line(match r.pid {
+            Some(pid) => format!(
+                "server peak RSS (pid {pid}): VmHWM {} since server start; max VmRSS sampled during the run {}",
+                show_kib(r.hwm_kib),
+                show_kib(r.max_rss_kib)
+            ),
+            None => "server peak RSS: unknown (give --server-pid or --server-pid-file)".into(),
+        });
+        let cores = |cpu: Option<f64>| match cpu {
+            Some(cpu) => format!(
+                "{:.2} cores ({cpu:.1} s)",
+                cpu / self.wall.as_secs_f64().max(1e-9)
+            ),
+            None => "unknown".into(),
+        };
+        line(format!(
+            "CPU during the load phase: server {}, loadgen {}, other processes {}, of {} online",
+            cores(r.server_cpu_s),
+            cores(r.loadgen_cpu_s),
+            cores(r.other_cpu_s()),
+            r.cpus
+        ));
+        out
+    }
+
+    fn json(&self) -> serde_json::Value {
+        let round = |value: f64| (value * 1000.0).round() / 1000.0;
+        let baseline = self.baseline.as_ref().map(|baseline| {
+            let (files, mb) = self.baseline_rates().unwrap_or_default();
+            serde_json::json!({
+                "dir": baseline.dir.display().to_string(),
+                "files": baseline.files,
+                "wall_s": round(baseline.wall.as_secs_f64()),
+                "files_per_s": round(files),
+                "mb_per_s": round(mb),
+                "error": baseline.error,
+            })
+        });
+        serde_json::json!({
+            "run": self.run,
+            "url": self.url,
+            "server_version": self.version,
+            "mode": self.mode,
+            "concurrency": self.concurrency,
+            "files": if self.duration.is_some() { None } else { Some(self.files) },
+            "duration_s": self.duration,
+            "seconds_of_audio": self.seconds_of_audio,
+            "file_bytes": self.file_bytes,
+            "connect_s": round(self.connect_wall.as_secs_f64()),
+            "wall_s": round(self.wall.as_secs_f64()),
+            "connections": self.connections,
+            "peak_in_flight": self.peak_in_flight,
+            "attempted": self.attempted,
+            "stored": self.stored,
+            "discarded": self.discarded,
+            "errors": self.errors,
+            "outcomes": self.outcomes,
+            "files_per_s": round(self.files_per_second()),
+            "mb_per_s": round(self.megabytes_per_second()),
+            "upload_latency": self.upload.map(|p| p.json()),
+            "upload_latency_all_answers": self.upload_all,
+            "commit_latency": self.commit.map(|p| p.json()),
+            "chunk_latency": if self.mode == "realtime" { self.chunks.map(|p| p.json()) } else { None },
+            "chunks_late_1s": if self.mode == "realtime" { Some(self.chunks_late) } else { None },
+            "pacer_lag": if self.mode == "realtime" { self.pacer_lag.map(|p| p.json()) } else { None },
+            "baseline": baseline,
+            "ingest_to_baseline": self.ratio().map(round),
+            "server_pid": self.resources.pid,
+            "server_vmhwm_kib": self.resources.hwm_kib,
+            "server_max_vmrss_kib": self.resources.max_rss_kib,
+            "server_cpu_s": self.resources.server_cpu_s.map(round),
+            "loadgen_cpu_s": self.resources.loadgen_cpu_s.map(round),
+            "other_cpu_s": self.resources.other_cpu_s().map(round),
+            "cpus": self.resources.cpus,
+        })
+    }
+}
