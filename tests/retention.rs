@@ -103,7 +103,7 @@ fn blob_exists(setup: &Setup, id: &str) -> bool {
     setup
         .data
         .join("vault")
-        .join(&id[..2])
+        .join(&id[30..])
         .join(format!("{id}.cgv"))
         .exists()
 }

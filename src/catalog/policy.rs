@@ -104,7 +104,14 @@ pub(crate) fn delete_or_defer_in(
         return Ok(Deletion::Absent);
     };
     if n_holds_in(tx, id)? > 0 {
-        if pending.is_none() {
+        // An explicit erasure or call objection outlives a caller objection, which can be
+        // withdrawn: it replaces an `objection` reason, never the reverse.
+        let replace = match pending.as_deref() {
+            None => true,
+            Some("objection") => reason != "objection",
+            Some(_) => false,
+        };
+        if replace {
             tx.execute(
                 "UPDATE recordings SET pending_deletion = ?2 WHERE id = ?1",
                 params![id.to_string(), reason],
@@ -552,7 +559,7 @@ impl Catalog {
             let mut stmt = conn
                 .prepare_cached(
                     "SELECT id, retain_until, pending_deletion FROM recordings
-                     WHERE (retain_until <= ?1 OR pending_deletion IS NOT NULL) AND (?2 IS NULL OR id > ?2)
+                     WHERE (retain_until <= ?1 OR pending_deletion IS NOT NULL) AND id > COALESCE(?2, '')
                      ORDER BY id LIMIT ?3",
                 )
                 .map_err(sql("purge candidates"))?;

@@ -152,8 +152,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 metrics_listen,
                 banner,
             };
+            // Each streaming upload holds one blocking thread for its audio probe, and SQLite
+            // work runs on blocking threads too: leave room above `server.max_connections`.
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
+                .max_blocking_threads(config.server.max_connections.saturating_mul(2).max(512))
+                .thread_stack_size(1024 * 1024)
                 .build()?;
             runtime.block_on(crate::daemon::serve(config, options, clock))?;
             Ok(ExitCode::SUCCESS)

@@ -3,6 +3,8 @@
 //! purge (`purge`) that applies them through the catalog's shred transaction. A hold always
 //! wins: no decision here deletes a held recording.
 
+#[cfg(test)]
+mod model;
 pub mod purge;
 
 use crate::access::Role;

@@ -41,9 +41,7 @@ pub fn unlink_and_checkpoint(
     vault: &Vault,
     ids: &[BlobId],
 ) -> Result<(), PurgeError> {
-    for id in ids {
-        vault.remove(id)?;
-    }
+    vault.remove_many(ids)?;
     if !ids.is_empty() {
         catalog.checkpoint()?;
     }
@@ -92,9 +90,7 @@ pub fn run_once(
             continue;
         }
         let deleted = catalog.purge_batch(&batch, &audit, now)?;
-        for id in &deleted {
-            vault.remove(id)?;
-        }
+        vault.remove_many(&deleted)?;
         for (id, reason) in batch {
             match deleted.contains(&id) {
                 true => report.deleted.push((id, reason)),

@@ -152,10 +152,32 @@ impl Vault {
         self.chunk_size
     }
 
-    /// Path of the blob of `id`: derived from the typed id only, never from input text.
+    /// Path of the blob of `id`: derived from the typed id only, never from input text. The
+    /// shard is the id's last byte (random in a UUIDv7), so blobs spread over 256 directories.
     pub fn blob_path(&self, id: &BlobId) -> PathBuf {
         let name = id.to_string();
-        self.dir.join(&name[..2]).join(format!("{name}.cgv"))
+        self.dir.join(&name[30..]).join(format!("{name}.cgv"))
+    }
+
+    /// Removes many blobs, then fsyncs each directory touched once (not once per blob).
+    pub fn remove_many(&self, ids: &[BlobId]) -> Result<(), VaultError> {
+        let mut dirs = std::collections::BTreeSet::new();
+        for id in ids {
+            let path = self.blob_path(id);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {
+                    if let Some(parent) = path.parent() {
+                        dirs.insert(parent.to_owned());
+                    }
+                }
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => return Err(VaultError::Write { path, source }),
+            }
+        }
+        for dir in dirs {
+            store::sync_dir(&dir)?;
+        }
+        Ok(())
     }
 
     fn temp_dir(&self) -> PathBuf {
