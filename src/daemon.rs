@@ -551,3 +551,66 @@ async fn wait_for_signal() -> Result<(), DaemonError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::chain::AuditDraft;
+    use crate::vault::BlobId;
+    use crate::vault::keys::DataKey;
+    use crate::vault::store::BlobWriter;
+
+    #[tokio::test]
+    async fn recovery_removes_temporaries_and_orphans_and_reports_missing_blobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = Catalog::open(&dir.path().join("catalog.sqlite")).unwrap();
+        let vault = Vault::open(&dir.path().join("vault")).unwrap();
+        let key = DataKey::generate().unwrap();
+        let write = async |id: BlobId| {
+            let mut writer = BlobWriter::create(&vault, id, &key, u64::MAX)
+                .await
+                .unwrap();
+            writer.write(b"some audio").await.unwrap();
+            writer.finish().await.unwrap();
+        };
+        // A committed recording with its blob, one whose blob vanished, an orphan blob (crash
+        // between rename and commit), and an unfinished write (crash mid-upload).
+        let mut present = crate::catalog::recordings::tests::row(1, 100);
+        let mut vanished = crate::catalog::recordings::tests::row(2, 100);
+        present.id = BlobId::generate();
+        vanished.id = BlobId::generate();
+        write(present.id).await;
+        let orphan = BlobId::generate();
+        write(orphan).await;
+        let now = jiff::Timestamp::from_second(1_800_000_000).unwrap();
+        for row in [&present, &vanished] {
+            catalog
+                .insert_recording(row, AuditDraft::system("recording.ingest", ""), now)
+                .unwrap();
+        }
+        let mut unfinished = BlobWriter::create(&vault, BlobId::generate(), &key, u64::MAX)
+            .await
+            .unwrap();
+        unfinished.write(b"half").await.unwrap();
+        std::mem::forget(unfinished);
+
+        let recovery = recover(&vault, &catalog).unwrap();
+        assert_eq!(
+            recovery,
+            Recovery {
+                temp_removed: 1,
+                orphans_removed: 1,
+                missing: 1,
+                found_again: 0
+            }
+        );
+        assert!(!vault.blob_path(&orphan).exists());
+        assert!(vault.blob_path(&present.id).exists());
+        let states: std::collections::HashMap<_, _> =
+            catalog.recording_states().unwrap().into_iter().collect();
+        assert_eq!(states[&vanished.id], RecordingState::Missing);
+        assert_eq!(states[&present.id], RecordingState::Stored);
+        // Reported, never dropped: the row is still there at the next start.
+        assert_eq!(recover(&vault, &catalog).unwrap().missing, 1);
+    }
+}
