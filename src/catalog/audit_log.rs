@@ -20,10 +20,12 @@ pub(crate) fn append(
         },
     };
     let entry = AuditEntry::seal(prev_seq + 1, at, draft, prev_hash);
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO audit (seq, at, actor, role, action, object, purpose, outcome, detail, prev_hash, hash)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-        params![
+    )
+    .and_then(|mut stmt| {
+        stmt.execute(params![
             entry.seq as i64,
             secs(entry.at),
             entry.actor,
@@ -35,20 +37,19 @@ pub(crate) fn append(
             entry.detail,
             entry.prev_hash.as_slice(),
             entry.hash.as_slice(),
-        ],
-    )
+        ])
+    })
     .map_err(sql("audit append"))?;
     Ok(entry.seq)
 }
 
 pub(crate) fn head(conn: &Connection) -> Result<Option<(u64, [u8; 32])>, CatalogError> {
     let row: Option<(i64, Vec<u8>)> = conn
-        .query_row(
-            "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
-            [],
-            |row| Ok((row.get(0)?, row.get(1)?)),
-        )
-        .optional()
+        .prepare_cached("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
+        .and_then(|mut stmt| {
+            stmt.query_row([], |row| Ok((row.get(0)?, row.get(1)?)))
+                .optional()
+        })
         .map_err(sql("audit head"))?;
     match row {
         Some((seq, hash)) => Ok(Some((seq as u64, digest(hash, "audit hash")?))),

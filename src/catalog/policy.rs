@@ -131,13 +131,10 @@ pub(crate) fn delete_or_defer_in(
 }
 
 fn n_holds_in(conn: &rusqlite::Connection, id: &BlobId) -> Result<u64, CatalogError> {
-    conn.query_row(
-        "SELECT count(*) FROM hold_recordings WHERE recording_id = ?1",
-        [id.to_string()],
-        |row| row.get::<_, i64>(0),
-    )
-    .map(|n| n as u64)
-    .map_err(sql("hold count"))
+    conn.prepare_cached("SELECT count(*) FROM hold_recordings WHERE recording_id = ?1")
+        .and_then(|mut stmt| stmt.query_row([id.to_string()], |row| row.get::<_, i64>(0)))
+        .map(|n| n as u64)
+        .map_err(sql("hold count"))
 }
 
 fn hold_ids_in(conn: &rusqlite::Connection, id: &BlobId) -> Result<Vec<String>, CatalogError> {

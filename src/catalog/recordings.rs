@@ -249,15 +249,16 @@ pub(crate) fn shred_in(
     now: jiff::Timestamp,
 ) -> Result<bool, CatalogError> {
     let n = tx
-        .execute("DELETE FROM recordings WHERE id = ?1", [id.to_string()])
+        .prepare_cached("DELETE FROM recordings WHERE id = ?1")
+        .and_then(|mut stmt| stmt.execute([id.to_string()]))
         .map_err(sql("recording delete"))?;
     if n == 0 {
         return Ok(false);
     }
-    tx.execute(
+    tx.prepare_cached(
         "INSERT OR REPLACE INTO tombstones (id, deleted_at, reason) VALUES (?1, ?2, ?3)",
-        params![id.to_string(), secs(now), reason],
     )
+    .and_then(|mut stmt| stmt.execute(params![id.to_string(), secs(now), reason]))
     .map_err(sql("tombstone"))?;
     Ok(true)
 }

@@ -59,6 +59,8 @@ pub fn run_once(
 ) -> Result<PurgeReport, PurgeError> {
     let mut report = PurgeReport::default();
     let mut cursor: Option<BlobId> = None;
+    // Directories of unlinked blobs, fsynced once at the end of the run.
+    let mut touched = std::collections::BTreeSet::new();
     let audit = |id: &BlobId, reason: &str| {
         AuditDraft::new(
             actor,
@@ -90,7 +92,7 @@ pub fn run_once(
             continue;
         }
         let deleted = catalog.purge_batch(&batch, &audit, now)?;
-        vault.remove_many(&deleted)?;
+        vault.unlink_many(&deleted, &mut touched)?;
         for (id, reason) in batch {
             match deleted.contains(&id) {
                 true => report.deleted.push((id, reason)),
@@ -99,6 +101,7 @@ pub fn run_once(
             }
         }
     }
+    vault.sync_dirs(&touched)?;
     if !dry_run {
         let quarantine_audit = |id: &str| {
             AuditDraft::new(actor, "", "quarantine.delete", id, Outcome::Allowed)

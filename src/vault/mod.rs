@@ -162,6 +162,21 @@ impl Vault {
     /// Removes many blobs, then fsyncs each directory touched once (not once per blob).
     pub fn remove_many(&self, ids: &[BlobId]) -> Result<(), VaultError> {
         let mut dirs = std::collections::BTreeSet::new();
+        self.unlink_many(ids, &mut dirs)?;
+        for dir in dirs {
+            store::sync_dir(&dir)?;
+        }
+        Ok(())
+    }
+
+    /// Unlinks blobs and adds their directories to `dirs`, which the caller fsyncs later (the
+    /// purge does it once per run). Only for blobs whose key is already shredded: a crash
+    /// before the fsync can bring back the file, never the audio, and recovery removes it.
+    pub fn unlink_many(
+        &self,
+        ids: &[BlobId],
+        dirs: &mut std::collections::BTreeSet<PathBuf>,
+    ) -> Result<(), VaultError> {
         for id in ids {
             let path = self.blob_path(id);
             match std::fs::remove_file(&path) {
@@ -174,8 +189,13 @@ impl Vault {
                 Err(source) => return Err(VaultError::Write { path, source }),
             }
         }
+        Ok(())
+    }
+
+    /// fsyncs directories collected by `unlink_many`.
+    pub fn sync_dirs(&self, dirs: &std::collections::BTreeSet<PathBuf>) -> Result<(), VaultError> {
         for dir in dirs {
-            store::sync_dir(&dir)?;
+            store::sync_dir(dir)?;
         }
         Ok(())
     }
