@@ -57,10 +57,59 @@ pub fn run_once(
     now: jiff::Timestamp,
     dry_run: bool,
 ) -> Result<PurgeReport, PurgeError> {
+    // Blobs of each committed batch are unlinked on a second thread while the catalog works on
+    // the next batch; their directories are fsynced once, at the end of the run.
+    let (unlink_tx, unlink_rx) = std::sync::mpsc::sync_channel::<Vec<BlobId>>(4);
+    let mut report = std::thread::scope(|scope| -> Result<PurgeReport, PurgeError> {
+        let unlinker = scope.spawn(move || -> Result<(), VaultError> {
+            let mut touched = std::collections::BTreeSet::new();
+            for ids in unlink_rx {
+                vault.unlink_many(&ids, &mut touched)?;
+            }
+            vault.sync_dirs(&touched)
+        });
+        let walked = walk(catalog, actor, now, dry_run, &unlink_tx);
+        drop(unlink_tx);
+        let unlinked = unlinker.join().unwrap_or_else(|_| {
+            Err(VaultError::Write {
+                path: vault.dir().to_owned(),
+                source: std::io::Error::other("unlink thread panicked"),
+            })
+        });
+        let report = walked?;
+        unlinked?;
+        Ok(report)
+    })?;
+    if !dry_run {
+        let quarantine_audit = |id: &str| {
+            AuditDraft::new(actor, "", "quarantine.delete", id, Outcome::Allowed)
+                .detail("purge: quarantine retention")
+        };
+        let expired = catalog.quarantine_expire(now, &quarantine_audit)?;
+        for id in &expired {
+            vault.remove_quarantine(id)?;
+        }
+        report.quarantine_expired = expired.len();
+        let cutoff = audit_cutoff(retention, now);
+        report.audit_pruned = catalog.prune_audit(cutoff)?;
+        if !report.deleted.is_empty() || report.quarantine_expired > 0 || report.audit_pruned > 0 {
+            catalog.checkpoint()?;
+        }
+    }
+    Ok(report)
+}
+
+/// The catalog side of a run: candidates in id order, decisions, shred transactions; each
+/// committed batch's ids go to `unlink_tx`.
+fn walk(
+    catalog: &Catalog,
+    actor: &str,
+    now: jiff::Timestamp,
+    dry_run: bool,
+    unlink_tx: &std::sync::mpsc::SyncSender<Vec<BlobId>>,
+) -> Result<PurgeReport, PurgeError> {
     let mut report = PurgeReport::default();
     let mut cursor: Option<BlobId> = None;
-    // Directories of unlinked blobs, fsynced once at the end of the run.
-    let mut touched = std::collections::BTreeSet::new();
     let audit = |id: &BlobId, reason: &str| {
         AuditDraft::new(
             actor,
@@ -92,30 +141,17 @@ pub fn run_once(
             continue;
         }
         let deleted = catalog.purge_batch(&batch, &audit, now)?;
-        vault.unlink_many(&deleted, &mut touched)?;
+        let deleted_set: std::collections::HashSet<BlobId> = deleted.iter().copied().collect();
+        if unlink_tx.send(deleted).is_err() {
+            // The unlink thread stopped on an error; `run_once` reports it.
+            break;
+        }
         for (id, reason) in batch {
-            match deleted.contains(&id) {
+            match deleted_set.contains(&id) {
                 true => report.deleted.push((id, reason)),
                 // Became held between the read and the write: the hold wins.
                 false => report.kept.push((id, Keep::Held(catalog.holds_of(&id)?))),
             }
-        }
-    }
-    vault.sync_dirs(&touched)?;
-    if !dry_run {
-        let quarantine_audit = |id: &str| {
-            AuditDraft::new(actor, "", "quarantine.delete", id, Outcome::Allowed)
-                .detail("purge: quarantine retention")
-        };
-        let expired = catalog.quarantine_expire(now, &quarantine_audit)?;
-        for id in &expired {
-            vault.remove_quarantine(id)?;
-        }
-        report.quarantine_expired = expired.len();
-        let cutoff = audit_cutoff(retention, now);
-        report.audit_pruned = catalog.prune_audit(cutoff)?;
-        if !report.deleted.is_empty() || report.quarantine_expired > 0 || report.audit_pruned > 0 {
-            catalog.checkpoint()?;
         }
     }
     Ok(report)
