@@ -63,14 +63,17 @@ rows = []
 enc_raw, enc_vault = crit("encrypt_16MiB", "raw_aes256gcm"), crit("encrypt_16MiB", "vault_format")
 dec_raw, dec_vault = crit("decrypt_16MiB", "raw_aes256gcm"), crit("decrypt_16MiB", "vault_format")
 store_w, store_r = crit("store_16MiB", "vault_write_fsync"), crit("store_16MiB", "vault_read")
-read = lambda name: open(os.path.join(work, name)).read()
+def read(name):
+    noise = ("Compiling ", "Finished ", "Running ", "Blocking ", "warning:")
+    return "\n".join(l for l in open(os.path.join(work, name)).read().splitlines() if not l.strip().startswith(noise))
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "unknown")
 lines = [
     "# Benchmarks",
     "",
     f"Produced by `bash benches/run.sh` on {datetime.date.today()} — {os.cpu_count()} cores ({cpu}), "
     f"{platform.system()} {platform.release()}, `{subprocess.run(['rustc','--version'],capture_output=True,text=True).stdout.strip()}`.",
-    "Each figure sits beside its baseline (same machine, same run) and its target.",
+    "Each figure sits beside its baseline (same machine, same run) and its target."
+    + (" QUICK run: smaller load-generator runs (200 files; 50 calls for 10 s), not the issue's full loads." if os.environ.get("QUICK") else ""),
     "",
     "## Vault vs raw AES-256-GCM (16 MiB, 64 KiB chunks, one core)",
     "",

@@ -16,6 +16,7 @@ pub enum ApiError {
     Deleted(Tombstone),
     Expired,
     Forbidden(String),
+    HeadersTooLarge,
     HoldActive(String),
     InsufficientStorage,
     Internal(String),
@@ -43,6 +44,7 @@ impl ApiError {
             ApiError::Deleted(_) => StatusCode::GONE,
             ApiError::Expired => StatusCode::GONE,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::HoldActive(_) => StatusCode::CONFLICT,
             ApiError::InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -70,6 +72,7 @@ impl ApiError {
             ApiError::Deleted(_) => "deleted",
             ApiError::Expired => "expired",
             ApiError::Forbidden(_) => "forbidden",
+            ApiError::HeadersTooLarge => "headers_too_large",
             ApiError::HoldActive(_) => "hold_active",
             ApiError::InsufficientStorage => "insufficient_storage",
             ApiError::Internal(_) => "internal",
@@ -99,6 +102,7 @@ impl ApiError {
             }
             ApiError::Expired => "the recording's retention period has ended".into(),
             ApiError::Forbidden(why) => why.clone(),
+            ApiError::HeadersTooLarge => "the request head is larger than 64 KiB".into(),
             ApiError::HoldActive(why) => why.clone(),
             ApiError::InsufficientStorage => {
                 "the server's storage is full; nothing was stored, retry later".into()

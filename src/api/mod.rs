@@ -153,6 +153,22 @@ pub fn page(items: Vec<serde_json::Value>, next_cursor: Option<String>) -> Respo
     )
 }
 
+/// A page from rows fetched with `limit + 1`: the first `limit` as items and, when there was
+/// one more, the cursor of the last item shown.
+pub fn paged<T>(
+    rows: &[T],
+    limit: usize,
+    item: impl Fn(&T) -> serde_json::Value,
+    cursor: impl Fn(&T) -> String,
+) -> Response<Body> {
+    let items = rows.iter().take(limit).map(&item).collect();
+    let next = match rows.len() > limit {
+        true => rows.get(limit.saturating_sub(1)).map(&cursor),
+        false => None,
+    };
+    page(items, next)
+}
+
 /// `limit` query parameter: default 50, 1..=1000.
 pub fn limit_param(request: &Request) -> Result<usize, ApiError> {
     match request.param("limit") {

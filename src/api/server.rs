@@ -130,6 +130,16 @@ async fn handle(
 ) -> Response<Body> {
     let started = Instant::now();
     let (parts, body) = request.into_parts();
+    // hyper's buffer limit is not a strict bound on the head when it arrives in large reads.
+    let head_len: usize = parts.uri.to_string().len()
+        + parts
+            .headers
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len() + 4)
+            .sum::<usize>();
+    if head_len > MAX_HEAD_BYTES {
+        return finish(&state, "unknown", started, Err(ApiError::HeadersTooLarge));
+    }
     let endpoint = match Endpoint::parse(&parts.method, parts.uri.path()) {
         Ok(endpoint) => endpoint,
         Err(RouteError::NotFound) => {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use hyper::Response;
 
 use crate::api::error::ApiError;
-use crate::api::{AppState, Body, Request, limit_param, page, time_param};
+use crate::api::{AppState, Body, Request, limit_param, paged, time_param};
 use crate::catalog::AuditFilter;
 
 pub(super) async fn list(
@@ -31,15 +31,7 @@ pub(super) async fn list(
         .catalog
         .call(move |catalog| catalog.audit_query(&filter, after, limit + 1))
         .await?;
-    let has_more = entries.len() > limit;
-    let items: Vec<serde_json::Value> = entries
-        .iter()
-        .take(limit)
-        .map(crate::audit::entry_json)
-        .collect();
-    let next = match has_more {
-        true => entries.get(limit - 1).map(|e| e.seq.to_string()),
-        false => None,
-    };
-    Ok(page(items, next))
+    Ok(paged(&entries, limit, crate::audit::entry_json, |e| {
+        e.seq.to_string()
+    }))
 }

@@ -10,7 +10,7 @@ use hyper::{Response, StatusCode, header};
 
 use crate::api::error::ApiError;
 use crate::api::handlers::recordings::{filter_of, list_page};
-use crate::api::{AppState, Body, ChannelWriter, Request, channel_body, json, limit_param, page};
+use crate::api::{AppState, Body, ChannelWriter, Request, channel_body, json, limit_param, paged};
 use crate::audit::chain::{AuditDraft, Outcome, format_time};
 use crate::catalog::AuditFilter;
 use crate::catalog::policy::{Deletion, HoldRow, HoldSelector};
@@ -148,26 +148,17 @@ pub(super) async fn objection_list(
         .catalog
         .call(move |catalog| catalog.objection_list(after.as_deref(), limit + 1))
         .await?;
-    let has_more = rows.len() > limit;
-    let items = rows
-        .iter()
-        .take(limit)
-        .map(|row| {
-            serde_json::json!({
-                "id": row.id,
-                "date": format_time(row.created_at),
-                "source": row.source,
-                "reference": row.reference,
-                "last_digits": row.last_digits,
-                "withdrawn_at": row.withdrawn_at.map(format_time),
-            })
+    let item = |row: &crate::catalog::policy::ObjectionRow| {
+        serde_json::json!({
+            "id": row.id,
+            "date": format_time(row.created_at),
+            "source": row.source,
+            "reference": row.reference,
+            "last_digits": row.last_digits,
+            "withdrawn_at": row.withdrawn_at.map(format_time),
         })
-        .collect();
-    let next = match has_more {
-        true => rows.get(limit - 1).map(|row| row.id.clone()),
-        false => None,
     };
-    Ok(page(items, next))
+    Ok(paged(&rows, limit, item, |row| row.id.clone()))
 }
 
 /// `DELETE /v1/objections/{id}` (dpo).
@@ -338,13 +329,7 @@ pub(super) async fn hold_list(
         .catalog
         .call(move |catalog| catalog.hold_list(after.as_deref(), limit + 1))
         .await?;
-    let has_more = rows.len() > limit;
-    let items = rows.iter().take(limit).map(hold_json).collect();
-    let next = match has_more {
-        true => rows.get(limit - 1).map(|row| row.id.clone()),
-        false => None,
-    };
-    Ok(page(items, next))
+    Ok(paged(&rows, limit, hold_json, |row| row.id.clone()))
 }
 
 /// `GET /v1/holds/{id}` (legal, dpo).
@@ -663,9 +648,7 @@ pub(super) async fn quarantine_list(
         .catalog
         .call(move |catalog| catalog.quarantine_list(after.as_deref(), limit + 1))
         .await?;
-    let has_more = rows.len() > limit;
-    let mut items = Vec::new();
-    for row in rows.iter().take(limit) {
+    let item = |row: &crate::catalog::policy::QuarantineRow| {
         let name = state
             .keyring
             .key(&format!("quarantine/{}", row.id), &row.wrapped_key)
@@ -677,7 +660,7 @@ pub(super) async fn quarantine_list(
             })
             .map(|plain| String::from_utf8_lossy(&plain).into_owned())
             .ok();
-        items.push(serde_json::json!({
+        serde_json::json!({
             "id": row.id,
             "file_name": name,
             "reason": row.reason,
@@ -685,11 +668,7 @@ pub(super) async fn quarantine_list(
             "sha256": hex::encode(row.sha256),
             "received_at": format_time(row.received_at),
             "retain_until": format_time(row.retain_until),
-        }));
-    }
-    let next = match has_more {
-        true => rows.get(limit - 1).map(|row| row.id.clone()),
-        false => None,
+        })
     };
-    Ok(page(items, next))
+    Ok(paged(&rows, limit, item, |row| row.id.clone()))
 }
