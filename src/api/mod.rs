@@ -169,6 +169,25 @@ pub fn paged<T>(
     page(items, next)
 }
 
+/// A required JSON string field: trimmed, 1 to `max` characters, no control characters.
+pub fn text_field<'v>(
+    body: &'v serde_json::Value,
+    name: &str,
+    max: usize,
+) -> Result<&'v str, ApiError> {
+    let value = body
+        .get(name)
+        .and_then(|v| v.as_str())
+        .map(str::trim)
+        .unwrap_or("");
+    if value.is_empty() || value.chars().count() > max || value.chars().any(char::is_control) {
+        return Err(ApiError::BadRequest(format!(
+            "`{name}` is required: 1–{max} printable characters"
+        )));
+    }
+    Ok(value)
+}
+
 /// `limit` query parameter: default 50, 1..=1000.
 pub fn limit_param(request: &Request) -> Result<usize, ApiError> {
     match request.param("limit") {

@@ -9,7 +9,7 @@ use hyper::{Response, StatusCode};
 use crate::alarms::cases::{CaseError, Cases};
 use crate::alarms::frame::EventCode;
 use crate::api::error::ApiError;
-use crate::api::{AppState, Body, Request, json, page};
+use crate::api::{AppState, Body, Request, json, page, text_field};
 use crate::audit::chain::{AuditDraft, Outcome, format_time};
 use crate::catalog::alarms::CaseChange;
 use crate::contacts::{self, ContactError};
@@ -60,16 +60,7 @@ pub(super) async fn post(
     let body = request
         .json(64 * 1024, state.config.server.idle_timeout)
         .await?;
-    let account = body
-        .get("account")
-        .and_then(|v| v.as_str())
-        .map(str::trim)
-        .unwrap_or("");
-    if account.is_empty() || account.len() > 64 || account.chars().any(char::is_control) {
-        return Err(ApiError::BadRequest(
-            "`account` is required (1–64 printable characters)".into(),
-        ));
-    }
+    let account = text_field(&body, "account", 64)?;
     let event_text = body.get("event").and_then(|v| v.as_str()).unwrap_or("");
     let code = EventCode::parse_api(event_text)
         .map_err(|e| ApiError::BadRequest(format!("`event`: {e}")))?;
@@ -157,18 +148,7 @@ pub(super) async fn close(
     let body = request
         .json(64 * 1024, state.config.server.idle_timeout)
         .await?;
-    let outcome = body
-        .get("outcome")
-        .and_then(|v| v.as_str())
-        .map(str::trim)
-        .unwrap_or("");
-    if outcome.is_empty() || outcome.chars().count() > 200 || outcome.chars().any(char::is_control)
-    {
-        return Err(ApiError::BadRequest(
-            "`outcome` is required (1–200 printable characters)".into(),
-        ));
-    }
-    let outcome = outcome.to_owned();
+    let outcome = text_field(&body, "outcome", 200)?.to_owned();
     let now = state.clock.now();
     let case_id = id.clone();
     blocking(state, move |state| {

@@ -10,7 +10,9 @@ use hyper::{Response, StatusCode, header};
 
 use crate::api::error::ApiError;
 use crate::api::handlers::recordings::{filter_of, list_page};
-use crate::api::{AppState, Body, ChannelWriter, Request, channel_body, json, limit_param, paged};
+use crate::api::{
+    AppState, Body, ChannelWriter, Request, channel_body, json, limit_param, paged, text_field,
+};
 use crate::audit::chain::{AuditDraft, Outcome, format_time};
 use crate::catalog::AuditFilter;
 use crate::catalog::policy::{Deletion, HoldRow, HoldSelector};
@@ -23,24 +25,6 @@ use crate::vault::BlobId;
 use crate::vault::store::PlainReader;
 
 const JSON_LIMIT: usize = 1 << 20;
-
-fn text_field<'v>(
-    body: &'v serde_json::Value,
-    name: &str,
-    max: usize,
-) -> Result<&'v str, ApiError> {
-    let value = body
-        .get(name)
-        .and_then(|v| v.as_str())
-        .map(str::trim)
-        .unwrap_or("");
-    if value.is_empty() || value.chars().count() > max || value.chars().any(char::is_control) {
-        return Err(ApiError::BadRequest(format!(
-            "`{name}` is required: 1–{max} printable characters"
-        )));
-    }
-    Ok(value)
-}
 
 fn phone(text: &str, field: &str) -> Result<PhoneNumber, ApiError> {
     PhoneNumber::parse(text)

@@ -15,7 +15,8 @@ use hyper::{Response, StatusCode, header};
 use crate::access::Role;
 use crate::api::error::ApiError;
 use crate::api::{
-    AppState, Body, ChannelWriter, Request, channel_body, json, limit_param, page, time_param,
+    AppState, Body, ChannelWriter, Request, channel_body, json, limit_param, page, text_field,
+    time_param,
 };
 use crate::audit::chain::{AuditDraft, Outcome, format_time};
 use crate::catalog::policy::Deletion;
@@ -724,16 +725,7 @@ pub(super) async fn delete(
     let caller = request.caller.clone();
     let idle = state.config.server.idle_timeout;
     let body = request.json(64 * 1024, idle).await?;
-    let reason = body
-        .get("reason")
-        .and_then(|v| v.as_str())
-        .map(str::trim)
-        .unwrap_or("");
-    if reason.is_empty() || reason.len() > 500 {
-        return Err(ApiError::BadRequest(
-            "`reason` is required (1–500 characters)".into(),
-        ));
-    }
+    let reason = text_field(&body, "reason", 500)?;
     let draft = AuditDraft::new(
         &caller.cn,
         caller.role.as_str(),
