@@ -75,7 +75,7 @@ lines = [
     "Each figure sits beside its baseline (same machine, same run) and its target."
     + (" QUICK run: smaller load-generator runs (200 files; 50 calls for 10 s), not the issue's full loads." if os.environ.get("QUICK") else ""),
     "",
-    "## Vault vs raw AES-256-GCM (16 MiB, 64 KiB chunks, one core)",
+    "## Vault vs raw AES-256-GCM (16 MiB, default 32 KiB chunks, one core)",
     "",
     "| operation | vault | raw AES-256-GCM | ratio | target |",
     "| --- | --- | --- | --- | --- |",

@@ -1,6 +1,6 @@
 //! Vault throughput next to raw AES-256-GCM on the same buffers, in the same run.
 //!
-//! - `raw_aes256gcm`: one AES-256-GCM call over each 64 KiB chunk (the floor: pure cipher).
+//! - `raw_aes256gcm`: one AES-256-GCM call over each chunk of the default size (the floor: pure cipher).
 //! - `vault_format`: the vault's chunk sealing/opening (nonce derivation, header AAD, tags).
 //! - `vault_store`: the whole write path (temp file, chunks, fsync, rename, dir fsync) and the
 //!   streaming reader (`PlainReader`), on the data directory's file system.

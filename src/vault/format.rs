@@ -21,7 +21,7 @@ pub const HEADER_LEN: usize = 40;
 pub const TAG_LEN: usize = 16;
 pub const NONCE_PREFIX_LEN: usize = 7;
 /// Default plaintext bytes per chunk.
-pub const DEFAULT_CHUNK_SIZE: u32 = 64 * 1024;
+pub const DEFAULT_CHUNK_SIZE: u32 = 32 * 1024;
 /// Chunk sizes the reader accepts (a hostile header cannot make it allocate more).
 pub const MIN_CHUNK_SIZE: u32 = 16;
 pub const MAX_CHUNK_SIZE: u32 = 4 * 1024 * 1024;

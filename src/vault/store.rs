@@ -8,7 +8,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use aes_gcm::Aes256Gcm;
-use tokio::io::AsyncWriteExt;
+use std::io::Write;
 
 use crate::vault::format::{self, HEADER_LEN, Header, Layout, TAG_LEN};
 use crate::vault::keys::{self, DataKey};
@@ -27,7 +27,8 @@ pub struct BlobWriter {
     id: BlobId,
     header: Header,
     cipher: Aes256Gcm,
-    file: Option<tokio::fs::File>,
+    /// The temporary file; moved into a blocking task for each write and back.
+    file: Option<std::fs::File>,
     /// Removes the temporary file unless `finish` renamed it.
     temp: DeleteOnDrop,
     final_path: PathBuf,
@@ -85,7 +86,7 @@ impl BlobWriter {
             .temp_dir()
             .join(format!("{id}-{}.tmp", hex::encode(suffix)));
         let temp = DeleteOnDrop(Some(temp_path.clone()));
-        let mut file = tokio::fs::OpenOptions::new()
+        let file = tokio::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(&temp_path)
@@ -93,8 +94,10 @@ impl BlobWriter {
             .map_err(|source| VaultError::Write {
                 path: temp_path.clone(),
                 source,
-            })?;
-        file.write_all(&header.encode())
+            })?
+            .into_std()
+            .await;
+        let (file, _) = write_blocking(file, header.encode().to_vec())
             .await
             .map_err(|source| VaultError::Write {
                 path: temp_path.clone(),
@@ -151,19 +154,23 @@ impl BlobWriter {
     pub async fn finish(mut self) -> Result<SealedBlob, VaultError> {
         self.seal_pending(true).await?;
         let temp_path = self.temp.path().to_owned();
-        let mut file = self.file.take().ok_or_else(|| VaultError::Write {
+        let file = self.file.take().ok_or_else(|| VaultError::Write {
             path: temp_path.clone(),
             source: std::io::Error::other("invariant: writer already finished"),
         })?;
-        file.flush().await.map_err(|source| VaultError::Write {
-            path: temp_path.clone(),
-            source,
-        })?;
-        file.sync_all().await.map_err(|source| VaultError::Write {
-            path: temp_path.clone(),
-            source,
-        })?;
-        drop(file);
+        let synced = tokio::task::spawn_blocking(move || file.sync_all()).await;
+        match synced {
+            Ok(result) => result.map_err(|source| VaultError::Write {
+                path: temp_path.clone(),
+                source,
+            })?,
+            Err(join) => {
+                return Err(VaultError::Write {
+                    path: temp_path,
+                    source: std::io::Error::other(join.to_string()),
+                });
+            }
+        }
         let parent = self
             .final_path
             .parent()
@@ -211,16 +218,34 @@ impl BlobWriter {
             })?;
         self.pending.extend_from_slice(&tag);
         let path = self.temp.path().to_owned();
-        let file = self.file.as_mut().ok_or_else(|| VaultError::Write {
+        let file = self.file.take().ok_or_else(|| VaultError::Write {
             path: path.clone(),
             source: std::io::Error::other("invariant: writer already finished"),
         })?;
-        file.write_all(&self.pending)
+        // The sealed chunk moves to the blocking write and comes back as the next buffer: no
+        // copy, and no second buffer per stream.
+        let (file, mut buffer) = write_blocking(file, std::mem::take(&mut self.pending))
             .await
             .map_err(|source| VaultError::Write { path, source })?;
-        self.pending.clear();
+        self.file = Some(file);
+        buffer.clear();
+        self.pending = buffer;
         self.next_index += 1;
         Ok(())
+    }
+}
+
+/// Writes `buffer` to `file` on a blocking thread; hands both back. On error the file is gone
+/// (the writer fails, and its guard removes the temporary path).
+async fn write_blocking(
+    mut file: std::fs::File,
+    buffer: Vec<u8>,
+) -> std::io::Result<(std::fs::File, Vec<u8>)> {
+    let outcome =
+        tokio::task::spawn_blocking(move || file.write_all(&buffer).map(|()| (file, buffer))).await;
+    match outcome {
+        Ok(result) => result,
+        Err(join) => Err(std::io::Error::other(join.to_string())),
     }
 }
 
