@@ -299,15 +299,7 @@ pub async fn serve(
 
 /// The spool watcher over the ingest pipeline.
 fn spawn_spool(tracker: &TaskTracker, state: &Arc<AppState>, shutdown: CancellationToken) {
-    let pipeline = crate::ingest::Pipeline {
-        catalog: state.catalog.clone(),
-        vault: state.vault.clone(),
-        keyring: state.keyring.clone(),
-        clock: state.clock.clone(),
-        metrics: state.metrics.clone(),
-        retention: state.config.retention.recordings,
-        max_bytes: state.config.ingest.max_recording_bytes,
-    };
+    let pipeline = state.pipeline();
     let settings = crate::ingest::spool::SpoolSettings {
         dir: state.config.ingest.spool_dir.clone(),
         timezone: state.config.ingest.spool_timezone.clone(),
@@ -448,11 +440,7 @@ fn spawn_alarms(tracker: &TaskTracker, state: &Arc<AppState>, shutdown: Cancella
             };
             let worker = consumer.clone();
             let result = tokio::task::spawn_blocking(move || {
-                let cases = crate::alarms::cases::Cases {
-                    catalog: &worker.catalog,
-                    keyring: &worker.keyring,
-                    max_open: worker.config.alarms.max_open,
-                };
+                let cases = worker.cases();
                 let now = worker.clock.now();
                 cases.record(
                     &event.account,
@@ -506,15 +494,9 @@ fn spawn_alarms(tracker: &TaskTracker, state: &Arc<AppState>, shutdown: Cancella
             }
             ticker.metrics.receivers_connected.set(connected);
             let worker = ticker.clone();
-            let expired = tokio::task::spawn_blocking(move || {
-                let cases = crate::alarms::cases::Cases {
-                    catalog: &worker.catalog,
-                    keyring: &worker.keyring,
-                    max_open: worker.config.alarms.max_open,
-                };
-                cases.expire(worker.clock.now())
-            })
-            .await;
+            let expired =
+                tokio::task::spawn_blocking(move || worker.cases().expire(worker.clock.now()))
+                    .await;
             if let Ok(Err(error)) = expired {
                 tracing::error!(%error, "cannot close expired alarm cases");
             }

@@ -48,6 +48,30 @@ pub struct AppState {
     pub workers: crate::daemon::WorkerStatus,
 }
 
+impl AppState {
+    /// The ingest pipeline over the server's stores (HTTP upload and spool share it).
+    pub fn pipeline(&self) -> crate::ingest::Pipeline {
+        crate::ingest::Pipeline {
+            catalog: self.catalog.clone(),
+            vault: self.vault.clone(),
+            keyring: self.keyring.clone(),
+            clock: self.clock.clone(),
+            metrics: self.metrics.clone(),
+            retention: self.config.retention.recordings,
+            max_bytes: self.config.ingest.max_recording_bytes,
+        }
+    }
+
+    /// The alarm-case registry over the server's catalog and keys.
+    pub fn cases(&self) -> crate::alarms::cases::Cases<'_> {
+        crate::alarms::cases::Cases {
+            catalog: &self.catalog,
+            keyring: &self.keyring,
+            max_open: self.config.alarms.max_open,
+        }
+    }
+}
+
 /// The authenticated caller of one request.
 #[derive(Debug, Clone)]
 pub struct Caller {

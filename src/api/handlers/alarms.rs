@@ -6,21 +6,13 @@ use std::sync::Arc;
 
 use hyper::{Response, StatusCode};
 
-use crate::alarms::cases::{CaseError, Cases};
+use crate::alarms::cases::CaseError;
 use crate::alarms::frame::EventCode;
 use crate::api::error::ApiError;
 use crate::api::{AppState, Body, Request, json, page, text_field};
 use crate::audit::chain::{AuditDraft, Outcome, format_time};
 use crate::catalog::alarms::CaseChange;
 use crate::contacts::{self, ContactError};
-
-fn cases(state: &AppState) -> Cases<'_> {
-    Cases {
-        catalog: &state.catalog,
-        keyring: &state.keyring,
-        max_open: state.config.alarms.max_open,
-    }
-}
 
 fn case_error(error: CaseError) -> ApiError {
     match error {
@@ -83,7 +75,8 @@ pub(super) async fn post(
     };
     let account = account.to_owned();
     let change = blocking(state, move |state| {
-        cases(state)
+        state
+            .cases()
             .record(&account, &code, zone.as_deref(), "api", received_at, now)
             .map_err(case_error)
     })
@@ -113,7 +106,7 @@ pub(super) async fn list(
         }
     }
     let items = blocking(state, |state| {
-        let registry = cases(state);
+        let registry = state.cases();
         let mut items = Vec::new();
         let now = state.clock.now();
         for (case, events) in state.catalog.open_cases()? {
@@ -194,7 +187,7 @@ pub(super) async fn contacts(
     let caller = request.caller.clone();
     let now = state.clock.now();
     let items = blocking(state, move |state| {
-        let open = match cases(state).open_case(&id, now) {
+        let open = match state.cases().open_case(&id, now) {
             Ok(open) => open,
             Err(error) => {
                 let refused = AuditDraft::new(

@@ -24,7 +24,7 @@ use crate::catalog::recordings::{Lookup, RecordingCursor, RecordingFilter, Recor
 use crate::ingest::metadata::{CallMetadata, MAX_METADATA_BYTES, PhoneNumber};
 use crate::ingest::probe::FormatHint;
 use crate::ingest::{
-    ACCOUNT_DOMAIN, Admission, IngestError, OPERATOR_DOMAIN, Pipeline, Sender, open_personal,
+    ACCOUNT_DOMAIN, Admission, IngestError, OPERATOR_DOMAIN, Sender, open_personal,
 };
 use crate::objections::{CALL_ID_DOMAIN, CALLER_DOMAIN};
 use crate::retention::purge::unlink_and_checkpoint;
@@ -45,19 +45,6 @@ fn purpose_allowed(role: Role, purpose: &str) -> bool {
         Role::Supervisor => purpose == "quality_review" || purpose == "training",
         Role::Legal | Role::Dpo => true,
         Role::AlarmSource | Role::Contracts | Role::Operator | Role::Recorder => false,
-    }
-}
-
-/// The ingest pipeline over the server's stores.
-pub(super) fn pipeline(state: &AppState) -> Pipeline {
-    Pipeline {
-        catalog: state.catalog.clone(),
-        vault: state.vault.clone(),
-        keyring: state.keyring.clone(),
-        clock: state.clock.clone(),
-        metrics: state.metrics.clone(),
-        retention: state.config.retention.recordings,
-        max_bytes: state.config.ingest.max_recording_bytes,
     }
 }
 
@@ -165,7 +152,7 @@ async fn upload_parts(
         actor: caller.cn.clone(),
         role: caller.role.as_str().to_owned(),
     };
-    let pipeline = pipeline(state);
+    let pipeline = state.pipeline();
     let ingest_error = |error: IngestError| -> ApiError {
         match error {
             IngestError::InvalidMetadata(why) => ApiError::InvalidMetadata(why),
