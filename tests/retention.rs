@@ -281,3 +281,61 @@ fn retention_holds_objections_and_erasure_end_to_end() {
         );
     }
 }
+
+/// An objection registered while a call from that caller is being uploaded wins: the upload,
+/// admitted before the objection, is discarded when it completes instead of being stored and
+/// served. Found by the crash campaign of issue 6 (round 2 of `CRASH_SEED=1`).
+// See: docs/crash-campaign.md
+#[test]
+fn an_objection_registered_while_the_call_is_uploading_discards_it() {
+    use crate::ingest_http::{eventually, listed, started_at, temp_files, tone_wav, vault_files};
+
+    let instance = Setup::new("").start();
+    let data = instance.setup.data.clone();
+    runtime().block_on(async {
+        let recorder = instance.client("recorder");
+        let dpo = instance.client("dpo");
+        let audio = tone_wav(440.0, 1.0);
+        let upload = recorder
+            .start_upload(
+                &meta("call-late", &started_at(), "0688888888", None),
+                "call.wav",
+            )
+            .await
+            .unwrap();
+        upload.send(&audio[..audio.len() / 2]).await.unwrap();
+        // Past the objection check: the audio is being written into the vault.
+        eventually("the upload is being written", || {
+            !temp_files(&data).is_empty()
+        })
+        .await;
+        let response = dpo
+            .post_json(
+                "/v1/objections",
+                &serde_json::json!({"caller": "06 88 88 88 88", "source": "letter", "reference": "LR-late"}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(response.status, 201, "{:?}", response.body);
+        upload.send(&audio[audio.len() / 2..]).await.unwrap();
+        let response = upload.finish().await.unwrap();
+        assert_eq!(
+            (response.status, response.json()),
+            (
+                200,
+                serde_json::json!({"status": "discarded", "reason": "caller_objection"})
+            )
+        );
+        assert!(listed(&dpo, "call-late").await.is_empty());
+        let status = dpo.get("/v1/status").await.unwrap().json();
+        assert_eq!(status["counts"]["recordings"], 0, "{status}");
+        let files = vault_files(&data);
+        assert_eq!((files.blobs, files.temp), (0, 0), "{files:?}");
+        let discards = dpo
+            .get("/v1/audit?action=recording.discard")
+            .await
+            .unwrap()
+            .json();
+        assert_eq!(discards["items"][0]["detail"], "caller_objection", "{discards}");
+    });
+}

@@ -4,7 +4,7 @@
 //! Holds win at the database level too: `hold_recordings` references `recordings` with
 //! `ON DELETE RESTRICT`, so no statement can delete a row an active hold covers.
 
-use rusqlite::{OptionalExtension, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use crate::audit::chain::AuditDraft;
 use crate::catalog::recordings::shred_in;
@@ -199,6 +199,30 @@ pub(crate) fn attach_future_holds_in(
     Ok(n as u64)
 }
 
+/// Why a call must not be recorded, if it must not, on `conn` (a snapshot or a transaction): an
+/// active objection for the caller, or a pending call-level objection for the call id.
+pub(crate) fn objection_in(
+    conn: &Connection,
+    caller_hmac: Option<&[u8; 32]>,
+    call_id_hmac: &[u8; 32],
+    now: jiff::Timestamp,
+) -> Result<Option<&'static str>, CatalogError> {
+    if let Some(caller) = caller_hmac {
+        let objected: bool = conn
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM objections WHERE caller_hmac = ?1 AND withdrawn_at IS NULL)")
+            .and_then(|mut stmt| stmt.query_row([caller.as_slice()], |row| row.get(0)))
+            .map_err(sql("objection check"))?;
+        if objected {
+            return Ok(Some("caller_objection"));
+        }
+    }
+    let call_objected: bool = conn
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM call_objections WHERE call_id_hmac = ?1 AND expires_at > ?2)")
+        .and_then(|mut stmt| stmt.query_row(params![call_id_hmac.as_slice(), secs(now)], |row| row.get(0)))
+        .map_err(sql("call objection check"))?;
+    Ok(call_objected.then_some("call_objection"))
+}
+
 impl Catalog {
     /// Why a call must not be recorded, if it must not: an active objection for the caller, or
     /// a pending call-level objection for the call id.
@@ -208,22 +232,7 @@ impl Catalog {
         call_id_hmac: &[u8; 32],
         now: jiff::Timestamp,
     ) -> Result<Option<&'static str>, CatalogError> {
-        self.read(|conn| {
-            if let Some(caller) = caller_hmac {
-                let objected: bool = conn
-                    .prepare_cached("SELECT EXISTS (SELECT 1 FROM objections WHERE caller_hmac = ?1 AND withdrawn_at IS NULL)")
-                    .and_then(|mut stmt| stmt.query_row([caller.as_slice()], |row| row.get(0)))
-                    .map_err(sql("objection check"))?;
-                if objected {
-                    return Ok(Some("caller_objection"));
-                }
-            }
-            let call_objected: bool = conn
-                .prepare_cached("SELECT EXISTS (SELECT 1 FROM call_objections WHERE call_id_hmac = ?1 AND expires_at > ?2)")
-                .and_then(|mut stmt| stmt.query_row(params![call_id_hmac.as_slice(), secs(now)], |row| row.get(0)))
-                .map_err(sql("call objection check"))?;
-            Ok(call_objected.then_some("call_objection"))
-        })
+        self.read(|conn| objection_in(conn, caller_hmac, call_id_hmac, now))
     }
 
     /// Registers an objection and deletes (or defers, if held) the caller's recordings, all in

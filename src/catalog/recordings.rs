@@ -85,6 +85,9 @@ pub enum Inserted {
     /// A recording with the same call id exists already.
     Duplicate(Box<RecordingRow>),
     New(AuditReceipt),
+    /// Nothing inserted: an objection for the caller (or the call) was registered after the
+    /// ingest-time check; the reason is `caller_objection` or `call_objection`.
+    Objected(&'static str),
 }
 
 /// Search filters; digests are HMACs of normalised values.
@@ -264,16 +267,28 @@ pub(crate) fn shred_in(
 }
 
 impl Catalog {
-    /// Commits a new recording and its audit entry, unless its call id exists already.
+    /// Commits a new recording and its audit entry, unless its call id exists already or an
+    /// objection now covers it.
     pub fn insert_recording(
         &self,
         row: &RecordingRow,
         audit: AuditDraft,
         now: jiff::Timestamp,
     ) -> Result<Inserted, CatalogError> {
-        let outcome = self.write(|tx| {
+        self.write(|tx| {
             if let Some(existing) = by_call(tx, &row.call_id_hmac)? {
-                return Ok(Err(existing));
+                return Ok(Inserted::Duplicate(Box::new(existing)));
+            }
+            // The ingest-time check ran before the audio arrived; an objection registered since
+            // wins all the same (guarantee 5), checked in the transaction that would insert.
+            let objection = crate::catalog::policy::objection_in(
+                tx,
+                row.caller_hmac.as_ref(),
+                &row.call_id_hmac,
+                now,
+            )?;
+            if let Some(reason) = objection {
+                return Ok(Inserted::Objected(reason));
             }
             tx.execute(
                 &format!(
@@ -315,12 +330,8 @@ impl Catalog {
                 row.started_at,
             )?;
             let seq = audit_log::append(tx, audit, now)?;
-            Ok(Ok(seq))
-        })?;
-        match outcome {
-            Ok(seq) => Ok(Inserted::New(AuditReceipt::committed(seq))),
-            Err(existing) => Ok(Inserted::Duplicate(Box::new(existing))),
-        }
+            Ok(Inserted::New(AuditReceipt::committed(seq)))
+        })
     }
 
     /// A recording, its tombstone, or nothing.
@@ -531,6 +542,27 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn an_objection_registered_after_the_ingest_check_still_refuses_the_insert() {
+        let (_dir, catalog) = open_temp();
+        let late = row(3, 100);
+        let deletion = |_: &BlobId| AuditDraft::system("recording.delete", "");
+        catalog
+            .call_objection(
+                &late.call_id_hmac,
+                at(1000),
+                at(4),
+                &deletion,
+                AuditDraft::system("objection.call", ""),
+            )
+            .unwrap();
+        assert!(matches!(
+            catalog.insert_recording(&late, draft(), at(5)).unwrap(),
+            Inserted::Objected("call_objection")
+        ));
+        assert_eq!(catalog.recording(&late.id).unwrap(), Lookup::NotFound);
+    }
+
+    #[test]
     fn insert_lookup_duplicate_and_shred() {
         let (_dir, catalog) = open_temp();
         let first = row(1, 100);
@@ -541,7 +573,7 @@ pub(crate) mod tests {
         let again = row(1, 200);
         match catalog.insert_recording(&again, draft(), at(6)).unwrap() {
             Inserted::Duplicate(existing) => assert_eq!(existing.id, first.id),
-            Inserted::New(_) => panic!("duplicate call id accepted"),
+            Inserted::New(_) | Inserted::Objected(_) => panic!("duplicate call id accepted"),
         }
         assert_eq!(
             catalog.recording(&first.id).unwrap(),

@@ -49,6 +49,10 @@ pub enum IngestError {
     StorageFull(#[source] VaultError),
     #[error("call id already stored with different audio (recording {existing})")]
     DuplicateCallId { existing: BlobId },
+    /// An objection registered while the audio was arriving: discarded (and audited) after
+    /// all; the reason is `caller_objection` or `call_objection`.
+    #[error("discarded: {0}")]
+    Discarded(&'static str),
     #[error("cannot read the recording from its source: {0}")]
     Source(String),
     #[error(transparent)]
@@ -141,28 +145,40 @@ impl Pipeline {
         match verdict {
             None => Ok(Admission::Admit),
             Some(reason) => {
-                self.metrics
-                    .discarded
-                    .get_or_create(&vec![("reason", reason.to_owned())])
-                    .inc();
-                let draft = AuditDraft::new(
-                    &sender.actor,
-                    &sender.role,
-                    "recording.discard",
-                    "",
-                    Outcome::Allowed,
-                )
-                .detail(reason);
-                self.catalog
-                    .call(move |catalog| catalog.audit(draft, now))
-                    .await?;
+                self.discarded(reason, sender, now).await?;
                 Ok(Admission::Discard(reason))
             }
         }
     }
 
+    /// Counts and audits (without any number) a discarded call.
+    async fn discarded(
+        &self,
+        reason: &'static str,
+        sender: &Sender,
+        now: jiff::Timestamp,
+    ) -> Result<(), IngestError> {
+        self.metrics
+            .discarded
+            .get_or_create(&vec![("reason", reason.to_owned())])
+            .inc();
+        let draft = AuditDraft::new(
+            &sender.actor,
+            &sender.role,
+            "recording.discard",
+            "",
+            Outcome::Allowed,
+        )
+        .detail(reason);
+        self.catalog
+            .call(move |catalog| catalog.audit(draft, now))
+            .await?;
+        Ok(())
+    }
+
     /// Streams `source` into the vault while probing and hashing it, then commits the catalog
-    /// row. Call `admit` first. On any error nothing remains (the temporary blob is removed).
+    /// row. Call `admit` first; an objection registered since is still honoured
+    /// (`IngestError::Discarded`). On any error nothing remains (the blob is removed).
     pub async fn ingest<S, E>(
         &self,
         meta: CallMetadata,
@@ -280,6 +296,12 @@ impl Pipeline {
                     retain_until,
                     repeated: false,
                 })
+            }
+            Inserted::Objected(reason) => {
+                // Objected to while the audio arrived (guarantee 5): nothing is kept.
+                self.vault.remove(&id)?;
+                self.discarded(reason, sender, now).await?;
+                Err(IngestError::Discarded(reason))
             }
             Inserted::Duplicate(existing) => {
                 // A concurrent upload of the same call won the race.

@@ -931,6 +931,7 @@ fn quarantine_reason(error: &IngestError) -> Option<String> {
         )),
         IngestError::UnsupportedAudio(problem) => Some(format!("audio not accepted: {problem}")),
         IngestError::Catalog(_)
+        | IngestError::Discarded(_)
         | IngestError::Key(_)
         | IngestError::Objection(_)
         | IngestError::Source(_)
@@ -1116,6 +1117,15 @@ async fn take(
                 }
             }
             finish(context, stem, Vec::new(), files).await
+        }
+        Err(IngestError::Discarded(reason)) => {
+            // Objected to while being read (guarantee 5): the pipeline kept nothing.
+            let result = finish(context, stem, Vec::new(), files).await;
+            if result.is_ok() {
+                context.counts.discarded.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(file = %audio_tag, reason, "spool: call discarded, files removed");
+            }
+            result
         }
         Err(error) => match quarantine_reason(&error) {
             Some(reason) => finish(context, stem, quarantine_items(&files, &reason), files).await,

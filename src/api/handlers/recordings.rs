@@ -193,10 +193,17 @@ async fn upload_parts(
         Some(name) => FormatHint::from_file_name(name),
         None => FormatHint::default(),
     };
-    let stored = pipeline
-        .ingest(meta, hint, audio, &sender)
-        .await
-        .map_err(ingest_error)?;
+    let stored = match pipeline.ingest(meta, hint, audio, &sender).await {
+        Ok(stored) => stored,
+        // Objected to while the audio arrived: discarded all the same.
+        Err(IngestError::Discarded(reason)) => {
+            return Ok(json(
+                StatusCode::OK,
+                &serde_json::json!({ "status": "discarded", "reason": reason }),
+            ));
+        }
+        Err(error) => return Err(ingest_error(error)),
+    };
     let status = match stored.repeated {
         true => StatusCode::OK,
         false => StatusCode::CREATED,
