@@ -147,13 +147,59 @@ impl ApiError {
 }
 
 impl From<crate::catalog::CatalogError> for ApiError {
+    /// A catalog that cannot write for lack of space is the client's `507`, like a full vault:
+    /// nothing changed and the same request succeeds once space returns.
     fn from(error: crate::catalog::CatalogError) -> ApiError {
-        ApiError::Internal(error.to_string())
+        match error.is_storage_full() {
+            true => ApiError::InsufficientStorage,
+            false => ApiError::Internal(error.to_string()),
+        }
+    }
+}
+
+impl From<crate::objections::ObjectionError> for ApiError {
+    /// The registry's catalog errors as above; a purge that failed after the objection was
+    /// recorded is internal (the next purge finishes it).
+    fn from(error: crate::objections::ObjectionError) -> ApiError {
+        match error {
+            crate::objections::ObjectionError::Catalog(error) => ApiError::from(error),
+            crate::objections::ObjectionError::Purge(error) => {
+                ApiError::Internal(error.to_string())
+            }
+        }
     }
 }
 
 impl From<crate::vault::keys::KeyError> for ApiError {
     fn from(error: crate::vault::keys::KeyError) -> ApiError {
         ApiError::Internal(error.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::CatalogError;
+    use crate::objections::ObjectionError;
+
+    /// The status and code a client sees for `error`.
+    fn check(error: ApiError, expected: (u16, &str)) {
+        assert_eq!((error.status().as_u16(), error.code()), expected);
+    }
+
+    #[test]
+    fn a_full_catalog_is_507_and_other_catalog_errors_500() {
+        // See: issue 6 (disk full).
+        let full = crate::catalog::tests::storage_full_error();
+        check(ApiError::from(full), (507, "insufficient_storage"));
+        let full = crate::catalog::tests::storage_full_error();
+        check(
+            ApiError::from(ObjectionError::Catalog(full)),
+            (507, "insufficient_storage"),
+        );
+        let corrupt = CatalogError::Corrupt {
+            what: "timestamp".into(),
+        };
+        check(ApiError::from(corrupt), (500, "internal"));
     }
 }

@@ -45,6 +45,21 @@ pub enum CatalogError {
     Task(String),
 }
 
+impl CatalogError {
+    /// True when SQLite could not write because the file system is full (`SQLITE_FULL`, from
+    /// the database, its WAL or a checkpoint). The transaction was rolled back and nothing
+    /// changed: the same work succeeds once space returns (the API answers 507).
+    pub fn is_storage_full(&self) -> bool {
+        let source = match self {
+            CatalogError::Open { source, .. } | CatalogError::Sql { source, .. } => source,
+            CatalogError::Corrupt { .. }
+            | CatalogError::FutureSchema { .. }
+            | CatalogError::Task(_) => return false,
+        };
+        source.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull)
+    }
+}
+
 pub(crate) fn sql(what: &'static str) -> impl FnOnce(rusqlite::Error) -> CatalogError {
     move |source| CatalogError::Sql { what, source }
 }
@@ -398,6 +413,53 @@ pub(crate) mod tests {
         drop(catalog);
         let catalog = Catalog::open(&path).unwrap();
         assert_eq!(catalog.audit_batch(0, 10).unwrap().len(), 1);
+    }
+
+    /// A catalog that cannot grow any more: SQLite answers `SQLITE_FULL` to the next write
+    /// that needs a new page, as it does on a full file system.
+    pub(crate) fn open_full() -> (tempfile::TempDir, Catalog) {
+        let (dir, catalog) = open_temp();
+        {
+            let conn = catalog.lock();
+            let n_pages: i64 = conn
+                .query_row("PRAGMA page_count", [], |row| row.get(0))
+                .unwrap();
+            conn.query_row(
+                &format!("PRAGMA max_page_count = {n_pages}"),
+                [],
+                |_| Ok(()),
+            )
+            .unwrap();
+        }
+        (dir, catalog)
+    }
+
+    /// An error from a catalog that is full.
+    pub(crate) fn storage_full_error() -> CatalogError {
+        let (_dir, catalog) = open_full();
+        let detail = "x".repeat(64 * 1024);
+        catalog
+            .audit(AuditDraft::system("test", "fill").detail(detail), at(1))
+            .expect_err("a full catalog refuses a write that needs new pages")
+    }
+
+    #[test]
+    fn a_full_catalog_says_so_rolls_back_and_works_again_with_room() {
+        let (_dir, catalog) = open_full();
+        let big = || AuditDraft::system("test", "fill").detail("x".repeat(64 * 1024));
+        let error = catalog.audit(big(), at(1)).unwrap_err();
+        assert!(error.is_storage_full(), "{error}");
+        assert!(catalog.audit_batch(0, 10).unwrap().is_empty());
+        catalog
+            .lock()
+            .query_row("PRAGMA max_page_count = 1000000", [], |_| Ok(()))
+            .unwrap();
+        catalog.audit(big(), at(2)).unwrap();
+        assert_eq!(catalog.audit_batch(0, 10).unwrap().len(), 1);
+        let other = CatalogError::Corrupt {
+            what: "not a full disk".into(),
+        };
+        assert!(!other.is_storage_full());
     }
 
     #[test]

@@ -48,7 +48,7 @@ where
     })
     .await
     .map_err(|e| ApiError::Internal(e.to_string()))?
-    .map_err(|e| ApiError::Internal(e.to_string()))
+    .map_err(ApiError::from)
 }
 
 /// `POST /v1/objections` (dpo, operator).
