@@ -10,6 +10,7 @@ mod api_tls;
 mod cli_admin;
 mod crash;
 mod dev_instance;
+mod disk_full;
 mod ingest_http;
 mod ingest_spool;
 mod retention;
