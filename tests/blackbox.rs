@@ -9,6 +9,7 @@ mod alarms;
 mod api_tls;
 mod cli_admin;
 mod crash;
+mod crash_campaign;
 mod dev_instance;
 mod disk_full;
 mod ingest_http;
