@@ -6,6 +6,8 @@ use std::io::Read;
 
 use sha2::{Digest, Sha256};
 
+use crate::ingest_http::{eventually, listed, started_at, temp_files, tone_wav, vault_files};
+use crate::support::client::Response;
 use crate::support::{Client, Setup};
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -15,56 +17,14 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-/// A small 8 kHz 16-bit mono WAV whose samples depend on `seed`.
+/// A short 8 kHz 16-bit mono WAV (half a second), a different tone for each `seed`.
 fn wav(seed: u32) -> Vec<u8> {
-    let n: u32 = 4000;
-    let mut out = Vec::new();
-    out.extend_from_slice(b"RIFF");
-    out.extend_from_slice(&(36 + n * 2).to_le_bytes());
-    out.extend_from_slice(b"WAVEfmt ");
-    out.extend_from_slice(&16u32.to_le_bytes());
-    out.extend_from_slice(&1u16.to_le_bytes());
-    out.extend_from_slice(&1u16.to_le_bytes());
-    out.extend_from_slice(&8000u32.to_le_bytes());
-    out.extend_from_slice(&16000u32.to_le_bytes());
-    out.extend_from_slice(&2u16.to_le_bytes());
-    out.extend_from_slice(&16u16.to_le_bytes());
-    out.extend_from_slice(b"data");
-    out.extend_from_slice(&(n * 2).to_le_bytes());
-    for i in 0..n {
-        let value = ((i.wrapping_mul(seed * 37 + 11)) % 20000) as i16 - 10000;
-        out.extend_from_slice(&value.to_le_bytes());
-    }
-    out
+    tone_wav(200.0 + 50.0 * f64::from(seed), 0.5)
 }
 
 /// Uploads one recording; returns the answer.
-async fn upload(
-    client: &Client,
-    meta: serde_json::Value,
-    audio: &[u8],
-) -> crate::support::client::Response {
-    let boundary = "cgboundary7MA4YWxkTrZu0gW";
-    let mut body = Vec::new();
-    body.extend_from_slice(
-        format!("--{boundary}\r\nContent-Disposition: form-data; name=\"metadata\"\r\nContent-Type: application/json\r\n\r\n{meta}\r\n").as_bytes(),
-    );
-    body.extend_from_slice(
-        format!("--{boundary}\r\nContent-Disposition: form-data; name=\"audio\"; filename=\"call.wav\"\r\nContent-Type: audio/wav\r\n\r\n")
-            .as_bytes(),
-    );
-    body.extend_from_slice(audio);
-    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
-    let content_type = format!("multipart/form-data; boundary={boundary}");
-    client
-        .send(
-            hyper::Method::POST,
-            "/v1/recordings",
-            &[("content-type", &content_type)],
-            bytes::Bytes::from(body),
-        )
-        .await
-        .unwrap()
+async fn upload(client: &Client, meta: serde_json::Value, audio: &[u8]) -> Response {
+    client.upload(&meta, "call.wav", audio).await.unwrap()
 }
 
 fn meta(call_id: &str, started_at: &str, caller: &str, account: Option<&str>) -> serde_json::Value {
@@ -288,8 +248,6 @@ fn retention_holds_objections_and_erasure_end_to_end() {
 // See: docs/crash-campaign.md
 #[test]
 fn an_objection_registered_while_the_call_is_uploading_discards_it() {
-    use crate::ingest_http::{eventually, listed, started_at, temp_files, tone_wav, vault_files};
-
     let instance = Setup::new("").start();
     let data = instance.setup.data.clone();
     runtime().block_on(async {
