@@ -681,6 +681,22 @@ impl Catalog {
         })
     }
 
+    /// The ids of every quarantine row, in one query (start-up recovery compares them with
+    /// the blobs in `vault/quarantine/`; the table is small: one row per quarantined file).
+    pub fn quarantine_ids(&self) -> Result<std::collections::HashSet<String>, CatalogError> {
+        self.read(|conn| {
+            let mut stmt = conn
+                .prepare("SELECT id FROM quarantine")
+                .map_err(sql("quarantine ids"))?;
+            let ids = stmt
+                .query_map([], |row| row.get::<_, String>(0))
+                .map_err(sql("quarantine ids"))?
+                .collect::<Result<_, _>>()
+                .map_err(sql("quarantine ids"))?;
+            Ok(ids)
+        })
+    }
+
     /// Deletes quarantine rows expired at `now`; returns their ids (blobs to unlink).
     pub fn quarantine_expire(
         &self,
