@@ -4,6 +4,7 @@
 
 use std::io::Read;
 
+use jiff::SignedDuration;
 use sha2::{Digest, Sha256};
 
 use crate::ingest_http::{eventually, listed, started_at, temp_files, tone_wav, vault_files};
@@ -32,6 +33,21 @@ fn meta(call_id: &str, started_at: &str, caller: &str, account: Option<&str>) ->
         "call_id": call_id, "started_at": started_at, "direction": "inbound",
         "caller": caller, "callee": "0145678900", "account": account,
     })
+}
+
+/// A call start `ago` before now, RFC 3339 to the second: fresh, since retention runs for six
+/// months from it (the expired calls use dates of 2025, long past).
+#[expect(
+    clippy::disallowed_methods,
+    reason = "the server under test runs on the wall clock"
+)]
+fn started_ago(ago: SignedDuration) -> String {
+    jiff::Timestamp::now()
+        .checked_sub(ago)
+        .unwrap()
+        .round(jiff::Unit::Second)
+        .unwrap()
+        .to_string()
 }
 
 async fn stored(client: &Client, meta: serde_json::Value, audio: &[u8]) -> String {
@@ -83,8 +99,8 @@ fn retention_holds_objections_and_erasure_end_to_end() {
         let expired_a = stored(&recorder, meta("call-a", "2025-01-10T10:00:00Z", "0611111111", None), &wav(1)).await;
         let expired_b = stored(&recorder, meta("call-b", "2025-02-10T10:00:00Z", "0622222222", None), &wav(2)).await;
         let held_old = stored(&recorder, meta("call-d", "2025-03-10T10:00:00Z", "0633333333", Some("ACC1")), &wav(3)).await;
-        let held_new = stored(&recorder, meta("call-c", "2026-11-20T10:00:00Z", "0644444444", Some("ACC1")), &wav(4)).await;
-        let free = stored(&recorder, meta("call-f", "2026-11-21T10:00:00Z", "0655555555", None), &wav(5)).await;
+        let held_new = stored(&recorder, meta("call-c", &started_ago(SignedDuration::from_hours(4 * 24)), "0644444444", Some("ACC1")), &wav(4)).await;
+        let free = stored(&recorder, meta("call-f", &started_ago(SignedDuration::from_hours(3 * 24)), "0655555555", None), &wav(5)).await;
 
         // Read-time enforcement: expired and unheld is never served, even before any purge.
         let response = supervisor.get(&format!("/v1/recordings/{expired_a}")).await.unwrap();
@@ -137,7 +153,7 @@ fn retention_holds_objections_and_erasure_end_to_end() {
         assert_eq!((audio.status, audio.body.as_ref()), (200, wav(3).as_slice()));
 
         // include_future: a later recording on ACC1 is covered at ingest.
-        let later = stored(&recorder, meta("call-e", "2026-11-22T10:00:00Z", "0666666666", Some("ACC1")), &wav(6)).await;
+        let later = stored(&recorder, meta("call-e", &started_ago(SignedDuration::from_hours(2 * 24)), "0666666666", Some("ACC1")), &wav(6)).await;
         let detail = legal.get(&format!("/v1/holds/{hold_id}")).await.unwrap().json();
         assert_eq!(detail["recordings"], 3);
         assert!(detail["recording_ids"].as_array().unwrap().iter().any(|id| id == later.as_str()));
@@ -180,7 +196,7 @@ fn retention_holds_objections_and_erasure_end_to_end() {
         assert_eq!((response.json()["recordings_deleted"].as_u64(), response.json()["recordings_deferred"].as_u64()), (Some(0), Some(1)));
         assert!(blob_exists(setup, &held_new));
         let before = instance.client("operator").get("/v1/status").await.unwrap().json()["counts"]["recordings"].clone();
-        let response = upload(&recorder, meta("call-g", "2026-11-23T09:00:00Z", "0655555555", None), &wav(7)).await;
+        let response = upload(&recorder, meta("call-g", &started_ago(SignedDuration::from_mins(10)), "0655555555", None), &wav(7)).await;
         assert_eq!(response.status, 200);
         assert_eq!(response.json(), serde_json::json!({"status": "discarded", "reason": "caller_objection"}));
         let listed = dpo.get("/v1/objections").await.unwrap().json();
@@ -189,7 +205,7 @@ fn retention_holds_objections_and_erasure_end_to_end() {
         // Call-level objection, recording arriving later.
         let response = operator.post_json("/v1/calls/call-h/objection", &serde_json::json!({})).await.unwrap();
         assert_eq!(response.status, 201);
-        let response = upload(&recorder, meta("call-h", "2026-11-23T09:05:00Z", "0677777777", None), &wav(8)).await;
+        let response = upload(&recorder, meta("call-h", &started_ago(SignedDuration::from_mins(5)), "0677777777", None), &wav(8)).await;
         assert_eq!(response.json()["reason"], "call_objection");
         let after = instance.client("operator").get("/v1/status").await.unwrap().json()["counts"]["recordings"].clone();
         assert_eq!(before, after, "a discarded call must not be stored");
