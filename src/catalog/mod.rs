@@ -7,6 +7,7 @@
 
 pub mod alarms;
 mod audit_log;
+mod group;
 mod migrations;
 pub mod policy;
 pub mod recordings;
@@ -70,6 +71,8 @@ pub struct Catalog {
     /// One connection, serialised: SQLite has one writer anyway, and `synchronous=FULL`
     /// commits are the durability point of every acknowledged action.
     conn: Arc<Mutex<Connection>>,
+    /// Writes waiting for the next group commit (`group`).
+    group: group::Queue,
     path: PathBuf,
 }
 
@@ -109,6 +112,7 @@ impl Catalog {
         restrict_mode(path);
         Ok(Catalog {
             conn: Arc::new(Mutex::new(conn)),
+            group: group::Queue::default(),
             path: path.to_owned(),
         })
     }
@@ -170,7 +174,7 @@ impl Catalog {
         draft: AuditDraft,
         at: jiff::Timestamp,
     ) -> Result<AuditReceipt, CatalogError> {
-        let seq = self.write(|tx| audit_log::append(tx, draft, at))?;
+        let seq = self.write_grouped(move |tx| audit_log::append(tx, draft, at))?;
         Ok(AuditReceipt::committed(seq))
     }
 

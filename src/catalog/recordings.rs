@@ -275,7 +275,8 @@ impl Catalog {
         audit: AuditDraft,
         now: jiff::Timestamp,
     ) -> Result<Inserted, CatalogError> {
-        self.write(|tx| {
+        let row = row.clone();
+        self.write_grouped(move |tx| {
             if let Some(existing) = by_call(tx, &row.call_id_hmac)? {
                 return Ok(Inserted::Duplicate(Box::new(existing)));
             }

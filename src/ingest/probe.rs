@@ -171,32 +171,162 @@ pub enum ProbeError {
     WorkerStopped,
 }
 
-/// Probes a stream fed chunk by chunk, in a blocking worker, while the caller writes the same
-/// chunks elsewhere. Must be created inside a tokio runtime.
+/// Probes a stream fed chunk by chunk while the caller writes the same chunks elsewhere.
+///
+/// Most telephony recordings (WAV, header-less G.711 and signed-linear) are settled by their
+/// first kilobytes and then only counted, so the probe runs in place on those bytes as they
+/// arrive, keeps only them, and replays them against the final length at the end: no thread
+/// and no copy of the rest per upload, which is what lets hundreds of live calls stream at
+/// once. Formats that must be read to the end (FLAC, MP3, Ogg, raw GSM), or a WAV whose data
+/// starts beyond `PREFIX_MAX`, go to a blocking worker fed through a bounded channel. Must be
+/// created inside a tokio runtime (the worker is `spawn_blocking`'d when needed).
 pub struct Prober {
+    hint: FormatHint,
+    /// Bytes fed so far.
+    fed: u64,
+    state: ProberState,
+}
+
+enum ProberState {
+    /// The first bytes, on which the probe is retried as they grow (`tried_at`: the length at
+    /// the last try).
+    Prefix { bytes: Vec<u8>, tried_at: usize },
+    /// The probe has all it needs but the total length: `kept` is replayed at the end.
+    Counting { kept: Vec<u8> },
+    /// Settled before the end of the input (a refusal, or a WAV whose data chunk ended).
+    Settled(Result<AudioInfo, ProbeError>),
+    /// A blocking worker reads the whole stream.
+    Worker(Worker),
+    /// Between two states (only while `feed` runs).
+    Moving,
+}
+
+/// The blocking worker of formats read to the end.
+struct Worker {
     /// Chunks to the worker; bounded, so a slow probe slows the writer instead of buffering.
     chunk_tx: mpsc::Sender<Bytes>,
     /// Set by the worker as soon as it refuses the stream, so `feed` can stop the upload early.
     early_verdict: Arc<OnceLock<ProbeError>>,
     /// The worker, which drains the channel to its end whatever it decided.
-    worker: JoinHandle<Result<AudioInfo, ProbeError>>,
+    handle: JoinHandle<Result<AudioInfo, ProbeError>>,
 }
 
 /// Chunks in flight between `feed` and the worker.
 const CHANNEL_CHUNKS: usize = 8;
 
+/// Most bytes probed in place; a stream the probe cannot settle within them goes to a worker.
+const PREFIX_MAX: usize = 64 * 1024;
+
+/// Bytes between two tries on a growing prefix, at least (then it doubles).
+const PREFIX_STEP: usize = 4096;
+
 impl Prober {
-    /// Starts the worker. Panics outside a tokio runtime (tokio's `spawn_blocking` rule).
     pub fn start(hint: FormatHint) -> Prober {
+        Prober {
+            hint,
+            fed: 0,
+            state: ProberState::Prefix {
+                bytes: Vec::new(),
+                tried_at: 0,
+            },
+        }
+    }
+
+    /// Hands one chunk to the probe. Fails early once the probe has refused the stream (the
+    /// caller may stop there; later chunks are ignored if it does not).
+    pub async fn feed(&mut self, chunk: Bytes) -> Result<(), ProbeError> {
+        if chunk.is_empty() {
+            return self.early_verdict();
+        }
+        self.fed += chunk.len() as u64;
+        match &mut self.state {
+            ProberState::Prefix { bytes, tried_at } => {
+                bytes.extend_from_slice(&chunk);
+                if bytes.len() < *tried_at + (*tried_at).max(PREFIX_STEP) && *tried_at > 0 {
+                    return Ok(());
+                }
+                *tried_at = bytes.len();
+                let attempt = attempt(bytes, &self.hint, End::Open);
+                self.state = match (attempt.starved, attempt.count_from) {
+                    (false, _) => ProberState::Settled(attempt.result),
+                    (true, Some(count_from)) => {
+                        let ProberState::Prefix { mut bytes, .. } =
+                            std::mem::replace(&mut self.state, ProberState::Moving)
+                        else {
+                            unreachable!("matched above")
+                        };
+                        bytes.truncate(usize::try_from(count_from).unwrap_or(usize::MAX));
+                        bytes.shrink_to_fit();
+                        ProberState::Counting { kept: bytes }
+                    }
+                    (true, None)
+                        if bytes.len() >= PREFIX_MAX || !settles_in_place(attempt.container) =>
+                    {
+                        let ProberState::Prefix { bytes, .. } =
+                            std::mem::replace(&mut self.state, ProberState::Moving)
+                        else {
+                            unreachable!("matched above")
+                        };
+                        let mut worker = Worker::start(self.hint.clone());
+                        worker.feed(Bytes::from(bytes)).await?;
+                        ProberState::Worker(worker)
+                    }
+                    (true, None) => return Ok(()),
+                };
+                self.early_verdict()
+            }
+            ProberState::Counting { .. } => Ok(()),
+            ProberState::Settled(_) => self.early_verdict(),
+            ProberState::Worker(worker) => worker.feed(chunk).await,
+            ProberState::Moving => Err(ProbeError::WorkerStopped),
+        }
+    }
+
+    /// The refusal, once known.
+    fn early_verdict(&self) -> Result<(), ProbeError> {
+        match &self.state {
+            ProberState::Settled(Err(err)) => Err(err.clone()),
+            ProberState::Worker(worker) => match worker.early_verdict.get() {
+                Some(err) => Err(err.clone()),
+                None => Ok(()),
+            },
+            _ => Ok(()),
+        }
+    }
+
+    /// Marks the end of the input and returns the verdict.
+    pub async fn finish(self) -> Result<AudioInfo, ProbeError> {
+        match self.state {
+            ProberState::Prefix { bytes, .. } => attempt(&bytes, &self.hint, End::Closed).result,
+            ProberState::Counting { kept } => {
+                attempt(&kept, &self.hint, End::Counted(self.fed)).result
+            }
+            ProberState::Settled(result) => result,
+            ProberState::Worker(worker) => worker.finish().await,
+            ProberState::Moving => Err(ProbeError::WorkerStopped),
+        }
+    }
+}
+
+/// Whether a container can be settled on its first bytes (then counted), as opposed to read to
+/// the end.
+fn settles_in_place(container: &str) -> bool {
+    container == CONTAINER_WAV || container == CONTAINER_RAW || container == "audio"
+}
+
+impl Worker {
+    /// Starts the worker. Panics outside a tokio runtime (tokio's `spawn_blocking` rule).
+    fn start(hint: FormatHint) -> Worker {
         let (chunk_tx, chunk_rx) = mpsc::channel(CHANNEL_CHUNKS);
         let early_verdict = Arc::new(OnceLock::new());
         let verdict = Arc::clone(&early_verdict);
-        let worker = tokio::task::spawn_blocking(move || {
+        let handle = tokio::task::spawn_blocking(move || {
             let mut reader = ChannelReader {
                 chunk_rx,
                 current: Bytes::new(),
             };
-            let result = probe_contained(&mut reader, &hint);
+            let mut trace = Trace::default();
+            let result = probe_contained(&mut reader, &hint, &mut trace);
             if let Err(err) = &result {
                 let _ = verdict.set(err.clone());
             }
@@ -204,21 +334,16 @@ impl Prober {
             while reader.chunk_rx.blocking_recv().is_some() {}
             result
         });
-        Prober {
+        Worker {
             chunk_tx,
             early_verdict,
-            worker,
+            handle,
         }
     }
 
-    /// Hands one chunk to the probe. Fails early once the probe has refused the stream (the
-    /// caller may stop there; the worker keeps draining if it does not).
-    pub async fn feed(&mut self, chunk: Bytes) -> Result<(), ProbeError> {
+    async fn feed(&mut self, chunk: Bytes) -> Result<(), ProbeError> {
         if let Some(err) = self.early_verdict.get() {
             return Err(err.clone());
-        }
-        if chunk.is_empty() {
-            return Ok(());
         }
         match self.chunk_tx.send(chunk).await {
             Ok(()) => Ok(()),
@@ -226,17 +351,110 @@ impl Prober {
         }
     }
 
-    /// Marks the end of the input and returns the verdict.
-    pub async fn finish(self) -> Result<AudioInfo, ProbeError> {
-        let Prober {
-            chunk_tx,
-            early_verdict: _,
-            worker,
-        } = self;
-        drop(chunk_tx);
-        match worker.await {
+    async fn finish(self) -> Result<AudioInfo, ProbeError> {
+        drop(self.chunk_tx);
+        match self.handle.await {
             Ok(result) => result,
             Err(_) => Err(ProbeError::WorkerStopped),
+        }
+    }
+}
+
+/// How the input of one in-place try ends.
+#[derive(Debug, Clone, Copy)]
+enum End {
+    /// More may come: reading past the bytes starves the try.
+    Open,
+    /// The bytes are the whole input.
+    Closed,
+    /// The input is this long; past the kept bytes the probe only counts (it is handed zeros).
+    Counted(u64),
+}
+
+/// One in-place try of the probe.
+struct Attempt {
+    result: Result<AudioInfo, ProbeError>,
+    /// The probe read past the bytes of an open input: `result` means nothing.
+    starved: bool,
+    /// The container the probe recognised (`"audio"` before it knew).
+    container: &'static str,
+    /// Where the probe started only counting bytes, if it did.
+    count_from: Option<u64>,
+}
+
+fn attempt(bytes: &[u8], hint: &FormatHint, end: End) -> Attempt {
+    let mut source = PrefixSource {
+        bytes,
+        pos: 0,
+        end,
+        starved: false,
+    };
+    let mut trace = Trace::default();
+    let result = probe_contained(&mut source, hint, &mut trace);
+    Attempt {
+        result,
+        starved: source.starved,
+        container: trace.container,
+        count_from: trace.count_from,
+    }
+}
+
+/// The bytes of an in-place try.
+struct PrefixSource<'a> {
+    bytes: &'a [u8],
+    pos: u64,
+    end: End,
+    starved: bool,
+}
+
+impl Read for PrefixSource<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = if let Some(rest) = usize::try_from(self.pos)
+            .ok()
+            .and_then(|pos| self.bytes.get(pos..))
+            .filter(|rest| !rest.is_empty())
+        {
+            let n = buf.len().min(rest.len());
+            buf[..n].copy_from_slice(&rest[..n]);
+            n
+        } else {
+            match self.end {
+                End::Closed => 0,
+                End::Open => {
+                    self.starved = true;
+                    return Err(io::Error::new(
+                        io::ErrorKind::WouldBlock,
+                        "probe input not yet received",
+                    ));
+                }
+                End::Counted(total) => {
+                    let n = usize::try_from(total.saturating_sub(self.pos))
+                        .unwrap_or(usize::MAX)
+                        .min(buf.len());
+                    buf[..n].fill(0);
+                    n
+                }
+            }
+        };
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+/// What a probe run leaves behind besides its verdict.
+#[derive(Debug)]
+struct Trace {
+    /// The container recognised so far (`"audio"` before).
+    container: &'static str,
+    /// The input offset from which the probe only counted bytes.
+    count_from: Option<u64>,
+}
+
+impl Default for Trace {
+    fn default() -> Trace {
+        Trace {
+            container: "audio",
+            count_from: None,
         }
     }
 }
@@ -244,7 +462,7 @@ impl Prober {
 /// Probes a complete recording held in memory (tests, fuzzing, small files).
 pub fn probe_bytes(bytes: &[u8], hint: &FormatHint) -> Result<AudioInfo, ProbeError> {
     let mut reader = bytes;
-    probe_contained(&mut reader, hint)
+    probe_contained(&mut reader, hint, &mut Trace::default())
 }
 
 /// Reads the channel as one byte stream; end of stream when every sender is gone.
@@ -272,14 +490,13 @@ impl Read for ChannelReader {
 fn probe_contained(
     reader: &mut (dyn Read + Send + Sync),
     hint: &FormatHint,
+    trace: &mut Trace,
 ) -> Result<AudioInfo, ProbeError> {
-    let mut container = "audio";
-    let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
-        probe_stream(reader, hint, &mut container)
-    }));
+    let outcome = panic::catch_unwind(AssertUnwindSafe(|| probe_stream(reader, hint, trace)));
     match outcome {
         Ok(result) => result,
         Err(_) => {
+            let container = trace.container;
             tracing::warn!(
                 container,
                 "audio probe panicked on malformed input; refused"
@@ -412,10 +629,21 @@ impl Magic {
 fn probe_stream(
     reader: &mut (dyn Read + Send + Sync),
     hint: &FormatHint,
-    container: &mut &'static str,
+    trace: &mut Trace,
 ) -> Result<AudioInfo, ProbeError> {
     let mut stream = Stream::new(reader);
-    let head = peek_or(&mut stream, 16, "audio", "first bytes")?;
+    let result = dispatch(&mut stream, hint, &mut trace.container);
+    trace.count_from = stream.count_from;
+    result
+}
+
+/// Recognises the container and runs its probe.
+fn dispatch<R: Read + Send + Sync>(
+    stream: &mut Stream<R>,
+    hint: &FormatHint,
+    container: &mut &'static str,
+) -> Result<AudioInfo, ProbeError> {
+    let head = peek_or(stream, 16, "audio", "first bytes")?;
     if head.is_empty() {
         return Err(ProbeError::Empty);
     }
@@ -431,24 +659,24 @@ fn probe_stream(
             });
         }
         *container = CONTAINER_RAW;
-        return probe_raw(kind, &mut stream);
+        return probe_raw(kind, stream);
     }
     match magic {
         Some(Magic::Riff) => {
             *container = "wav";
-            probe_wav(&mut stream)
+            probe_wav(stream)
         }
         Some(Magic::Flac) => {
             *container = "flac";
-            probe_flac(&mut stream)
+            probe_flac(stream)
         }
         Some(Magic::Ogg) => {
             *container = "ogg";
-            probe_ogg(&mut stream)
+            probe_ogg(stream)
         }
         Some(Magic::Id3 | Magic::MpegSync) => {
             *container = "mp3";
-            probe_mp3(&mut stream)
+            probe_mp3(stream)
         }
         Some(Magic::Other(name)) => Err(ProbeError::UnsupportedContainer { container: name }),
         None => Err(ProbeError::UnknownFormat),
@@ -461,6 +689,7 @@ fn probe_stream(
 fn probe_raw<R: Read>(kind: RawKind, stream: &mut Stream<R>) -> Result<AudioInfo, ProbeError> {
     match kind {
         RawKind::Mulaw | RawKind::Alaw => {
+            stream.begin_count();
             let n_bytes = stream
                 .skip_to_end()
                 .map_err(|err| io_error(CONTAINER_RAW, stream, err, "samples"))?;
@@ -472,6 +701,7 @@ fn probe_raw<R: Read>(kind: RawKind, stream: &mut Stream<R>) -> Result<AudioInfo
             AudioInfo::new(CONTAINER_RAW, codec, 8000, 1, n_bytes)
         }
         RawKind::Slin { sample_rate } => {
+            stream.begin_count();
             let n_bytes = stream
                 .skip_to_end()
                 .map_err(|err| io_error(CONTAINER_RAW, stream, err, "samples"))?;
@@ -536,7 +766,7 @@ const CONTAINER_WAV: &str = "wav";
 /// Largest `fmt ` chunk accepted (real ones are 16 to 50 bytes).
 const MAX_FMT_CHUNK: u32 = 4096;
 /// Data bytes handed to symphonia to validate the codec (decoded once, then dropped).
-const WAV_SAMPLE_BYTES: usize = 64 * 1024;
+const WAV_SAMPLE_BYTES: usize = 16 * 1024;
 
 /// What a WAV file's header says, up to the first byte of its data chunk.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -851,6 +1081,11 @@ fn probe_wav<R: Read>(stream: &mut Stream<R>) -> Result<AudioInfo, ProbeError> {
     let mut sample = vec![0u8; sample_len];
     let sample_read = read_full(stream, &mut sample)?;
     sample.truncate(sample_read);
+    if layout.codec != "gsm" {
+        validate_wav_with_symphonia(&header, &sample)?;
+    }
+    drop(sample);
+    stream.begin_count();
     let rest = if sample_read < sample_len {
         0
     } else if declared == u64::MAX {
@@ -872,9 +1107,6 @@ fn probe_wav<R: Read>(stream: &mut Stream<R>) -> Result<AudioInfo, ProbeError> {
         );
     }
     let n_frames = wav_frames(&header, &layout, present.min(declared));
-    if layout.codec != "gsm" {
-        validate_wav_with_symphonia(&header, &sample)?;
-    }
     // Trailing chunks (LIST, id3, …) are drained by the caller.
     AudioInfo::new(
         CONTAINER_WAV,
@@ -1768,6 +2000,8 @@ pub(crate) struct Stream<R> {
     pending_pos: usize,
     /// Bytes consumed so far: the offset of the next byte in the file.
     offset: u64,
+    /// The offset in `inner` from which the parser only counts bytes (`begin_count`).
+    count_from: Option<u64>,
 }
 
 impl<R: Read> Stream<R> {
@@ -1777,7 +2011,15 @@ impl<R: Read> Stream<R> {
             pending: Vec::new(),
             pending_pos: 0,
             offset: 0,
+            count_from: None,
         }
+    }
+
+    /// Says that from here on the parser only counts the bytes it skips: the in-place probe
+    /// keeps what was read from `inner` so far and needs nothing more but the length.
+    pub(crate) fn begin_count(&mut self) {
+        let unconsumed = self.pending.len() - self.pending_pos;
+        self.count_from = Some(self.offset + unconsumed as u64);
     }
 
     pub(crate) fn offset(&self) -> u64 {
@@ -1827,7 +2069,7 @@ impl<R: Read> Stream<R> {
 
     /// Skips up to `n` bytes; returns how many were there.
     pub(crate) fn skip(&mut self, n: u64) -> io::Result<u64> {
-        let mut buf = vec![0u8; 64 * 1024];
+        let mut buf = vec![0u8; n.min(64 * 1024) as usize];
         let mut skipped = 0;
         while skipped < n {
             let want = (n - skipped).min(buf.len() as u64) as usize;
@@ -1873,7 +2115,9 @@ fn io_error<R>(
     err: io::Error,
     what: &'static str,
 ) -> ProbeError {
-    tracing::warn!(container, offset = stream.offset, %err, "read error while probing {what}");
+    if err.kind() != io::ErrorKind::WouldBlock {
+        tracing::warn!(container, offset = stream.offset, %err, "read error while probing {what}");
+    }
     ProbeError::Truncated {
         container,
         what,
@@ -1892,7 +2136,9 @@ fn peek_or<'a, R: Read>(
     match stream.peek(n) {
         Ok(bytes) => Ok(bytes),
         Err(err) => {
-            tracing::warn!(container, offset, %err, "read error while probing {what}");
+            if err.kind() != io::ErrorKind::WouldBlock {
+                tracing::warn!(container, offset, %err, "read error while probing {what}");
+            }
             Err(ProbeError::Truncated {
                 container,
                 what,
@@ -2474,8 +2720,7 @@ mod tests {
         audio::record_panic_backtraces();
         let outcome = panic::catch_unwind(|| {
             let mut reader = bytes;
-            let mut container = "audio";
-            probe_stream(&mut reader, hint, &mut container)
+            probe_stream(&mut reader, hint, &mut Trace::default())
         });
         match outcome {
             Ok(result) => result,
@@ -2557,6 +2802,37 @@ mod tests {
             bytes.truncate(usize::from(cut).max(1) * 4);
             fix_ogg_crcs(&mut bytes);
             let _ = probe_unguarded(&bytes, hint);
+        }
+    }
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+        /// The in-place probe (tried on a growing prefix, then replayed against the length) and
+        /// the worker agree with the one-shot probe on damaged files, whatever the chunking.
+        #[test]
+        fn prober_in_chunks_agrees_with_probe_bytes_on_damaged_files(
+            seed_idx in 0..14usize,
+            mutations in proptest::collection::vec((any::<u16>(), any::<u8>()), 0..6),
+            cut in any::<u16>(),
+            chunking in any::<u32>(),
+        ) {
+            let seeds = seed_files();
+            let (original, hint) = &seeds[seed_idx % seeds.len()];
+            let mut bytes = original.clone();
+            for (position, value) in mutations {
+                let idx = usize::from(position) % bytes.len();
+                bytes[idx] = value;
+            }
+            bytes.truncate(usize::from(cut).max(1) * 4);
+            fix_ogg_crcs(&mut bytes);
+            let expected = probe_bytes(&bytes, hint);
+            let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let actual = runtime.block_on(probe_in_chunks(&bytes, hint, chunking));
+            match (&expected, &actual) {
+                // An early refusal may stop reading before the one-shot probe's verdict.
+                (Err(_), Err(_)) => {}
+                _ => prop_assert_eq!(expected, actual),
+            }
         }
     }
 }
