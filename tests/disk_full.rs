@@ -523,13 +523,10 @@ fn a_full_catalog_answers_507_rolls_back_and_works_again_when_space_returns() {
             recorder.upload(&metadata("second", "0612345678"), "call.wav", &second),
         )
         .await;
-        // FIXME(issue 6): SPEC §5.1 says 507 insufficient_storage. The vault's ENOSPC is
-        // mapped to 507, but the catalog's SQLITE_FULL at commit reaches the upload handler as
-        // `IngestError::Catalog` and is answered 500 internal (src/api/handlers/recordings.rs,
-        // `ingest_error`). Nothing is left behind either way.
+        // SPEC §5.1: the catalog's SQLITE_FULL at commit is a full disk too (507).
         assert_eq!(
             (response.status, response.code().as_str()),
-            (500, "internal"),
+            (507, "insufficient_storage"),
             "{}",
             text(&response)
         );

@@ -158,7 +158,14 @@ async fn upload_parts(
             IngestError::InvalidMetadata(why) => ApiError::InvalidMetadata(why),
             IngestError::UnsupportedAudio(why) => ApiError::UnsupportedAudio(why.to_string()),
             IngestError::TooLarge { limit } => ApiError::PayloadTooLarge(limit),
-            IngestError::StorageFull(_) => ApiError::InsufficientStorage,
+            IngestError::StorageFull(vault) => {
+                tracing::warn!(error = %vault, "upload refused: storage full");
+                ApiError::InsufficientStorage
+            }
+            IngestError::Catalog(catalog) if catalog.is_storage_full() => {
+                tracing::warn!(error = %catalog, "upload refused: storage full");
+                ApiError::InsufficientStorage
+            }
             IngestError::DuplicateCallId { .. } => ApiError::Conflict {
                 code: "duplicate_call_id",
                 message: "this call_id is already stored with different audio".into(),
