@@ -19,7 +19,7 @@ use crate::clock::SharedClock;
 use crate::config::{Config, ConfigErrors};
 use crate::keyring::{Keyring, KeyringError};
 use crate::metrics::Metrics;
-use crate::vault::{BlobId, Vault, VaultError};
+use crate::vault::{Vault, VaultError};
 
 /// How long in-flight work may take to finish after SIGTERM.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(20);
@@ -159,7 +159,7 @@ pub struct Recovery {
 /// before the spool watcher and the purge start, so nothing writes quarantine meanwhile.
 pub fn recover(vault: &Vault, catalog: &Catalog) -> Result<Recovery, DaemonError> {
     let scan = vault.recover()?;
-    let quarantine_blobs = quarantine_blobs(vault)?;
+    let quarantine_blobs = vault.quarantine_blobs()?;
     let rows = catalog.recording_states()?;
     let known: std::collections::HashMap<_, _> = rows.iter().copied().collect();
     let present: std::collections::HashSet<_> = scan.blobs.iter().copied().collect();
@@ -198,37 +198,6 @@ pub fn recover(vault: &Vault, catalog: &Catalog) -> Result<Recovery, DaemonError
         }
     }
     Ok(recovery)
-}
-
-/// The ids of the blobs in `vault/quarantine/` (`<id>.cgv`); other files are left alone.
-// TODO(vault rework): belongs in `Vault::recover`, beside the scan of recording blobs; until
-// then the directory is named as `Vault::open` creates it and `Vault::quarantine_path` uses it.
-fn quarantine_blobs(vault: &Vault) -> Result<Vec<String>, VaultError> {
-    let dir = vault.dir().join("quarantine");
-    let entries = std::fs::read_dir(&dir).map_err(|source| VaultError::Read {
-        path: dir.clone(),
-        source,
-    })?;
-    let mut ids = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(|source| VaultError::Read {
-            path: dir.clone(),
-            source,
-        })?;
-        let name = entry.file_name();
-        let id = name
-            .to_str()
-            .and_then(|n| n.strip_suffix(".cgv"))
-            .and_then(BlobId::parse);
-        match id {
-            Some(id) => ids.push(id.to_string()),
-            None => {
-                tracing::warn!(path = %entry.path().display(), "unexpected file in the vault's quarantine, left alone")
-            }
-        }
-    }
-    ids.sort();
-    Ok(ids)
 }
 
 /// Runs the gateway until SIGTERM/SIGINT.
@@ -584,6 +553,7 @@ async fn wait_for_signal() -> Result<(), DaemonError> {
 mod tests {
     use super::*;
     use crate::audit::chain::AuditDraft;
+    use crate::vault::BlobId;
     use crate::vault::keys::DataKey;
     use crate::vault::store::BlobWriter;
 

@@ -152,8 +152,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 metrics_listen,
                 banner,
             };
-            // Each streaming upload holds one blocking thread for its audio probe, and SQLite
-            // work runs on blocking threads too: leave room above `server.max_connections`.
+            // An upload in a format read to the end (FLAC, MP3, Ogg) holds a blocking thread
+            // for its probe, and file and SQLite work runs on blocking threads too: leave room
+            // above `server.max_connections`.
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .max_blocking_threads(config.server.max_connections.saturating_mul(2).max(512))

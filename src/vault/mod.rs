@@ -236,6 +236,35 @@ impl Vault {
         }
     }
 
+    /// The ids of the blobs in `vault/quarantine/` (`<id>.cgv`); other files are left alone.
+    pub fn quarantine_blobs(&self) -> Result<Vec<String>, VaultError> {
+        let dir = self.dir.join("quarantine");
+        let entries = std::fs::read_dir(&dir).map_err(|source| VaultError::Read {
+            path: dir.clone(),
+            source,
+        })?;
+        let mut ids = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|source| VaultError::Read {
+                path: dir.clone(),
+                source,
+            })?;
+            let name = entry.file_name();
+            let id = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".cgv"))
+                .and_then(BlobId::parse);
+            match id {
+                Some(id) => ids.push(id.to_string()),
+                None => {
+                    tracing::warn!(path = %entry.path().display(), "unexpected file in the vault's quarantine, left alone")
+                }
+            }
+        }
+        ids.sort();
+        Ok(ids)
+    }
+
     /// Start-up scan: removes every temporary file (writes that never finished) and lists the
     /// blobs, for the catalog to reconcile.
     pub fn recover(&self) -> Result<RecoveryScan, VaultError> {
