@@ -172,21 +172,47 @@ impl Vault {
     /// Unlinks blobs and adds their directories to `dirs`, which the caller fsyncs later (the
     /// purge does it once per run). Only for blobs whose key is already shredded: a crash
     /// before the fsync can bring back the file, never the audio, and recovery removes it.
+    ///
+    /// Unlinks run on up to `UNLINK_THREADS` threads, each on its own shard directories: an
+    /// unlink waits for the device (a file system mounted with `discard` trims the freed blocks
+    /// synchronously, milliseconds on some virtual disks), and the device takes many at once.
     pub fn unlink_many(
         &self,
         ids: &[BlobId],
         dirs: &mut std::collections::BTreeSet<PathBuf>,
     ) -> Result<(), VaultError> {
+        let n_threads = ids
+            .len()
+            .div_ceil(UNLINK_PER_THREAD)
+            .clamp(1, UNLINK_THREADS);
+        let mut shares: Vec<Vec<PathBuf>> = vec![Vec::new(); n_threads];
         for id in ids {
             let path = self.blob_path(id);
-            match std::fs::remove_file(&path) {
-                Ok(()) => {
-                    if let Some(parent) = path.parent() {
-                        dirs.insert(parent.to_owned());
-                    }
+            let shard = usize::from(id.as_bytes()[15]) % n_threads;
+            shares[shard].push(path);
+        }
+        let results: Vec<Result<Vec<PathBuf>, VaultError>> = std::thread::scope(|scope| {
+            let workers: Vec<_> = shares
+                .into_iter()
+                .map(|paths| scope.spawn(move || unlink_all(paths)))
+                .collect();
+            workers
+                .into_iter()
+                .map(|worker| {
+                    worker.join().unwrap_or_else(|_| {
+                        Err(VaultError::Write {
+                            path: self.dir.clone(),
+                            source: std::io::Error::other("unlink thread panicked"),
+                        })
+                    })
+                })
+                .collect()
+        });
+        for result in results {
+            for path in result? {
+                if let Some(parent) = path.parent() {
+                    dirs.insert(parent.to_owned());
                 }
-                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-                Err(source) => return Err(VaultError::Write { path, source }),
             }
         }
         Ok(())
@@ -349,4 +375,23 @@ impl Vault {
         }
         walk(&self.dir)
     }
+}
+
+/// Most threads `Vault::unlink_many` uses.
+const UNLINK_THREADS: usize = 8;
+
+/// Unlinks per thread below which `Vault::unlink_many` starts no more threads.
+const UNLINK_PER_THREAD: usize = 32;
+
+/// Unlinks `paths`; returns those that existed (absent ones are already gone).
+fn unlink_all(paths: Vec<PathBuf>) -> Result<Vec<PathBuf>, VaultError> {
+    let mut removed = Vec::with_capacity(paths.len());
+    for path in paths {
+        match std::fs::remove_file(&path) {
+            Ok(()) => removed.push(path),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(VaultError::Write { path, source }),
+        }
+    }
+    Ok(removed)
 }
