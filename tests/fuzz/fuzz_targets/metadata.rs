@@ -1,4 +1,0 @@
-//! Fuzz target: see `callguard::fuzzing::fuzz_metadata`.
-#![no_main]
-
-libfuzzer_sys::fuzz_target!(|data: &[u8]| callguard::fuzzing::fuzz_metadata(data));
