@@ -20,8 +20,6 @@ echo "== vault vs raw AES-256-GCM"
 CALLGUARD_BENCH_DIR="$work" cargo bench --bench vault -- --noplot >"$work/vault.txt" 2>&1
 echo "== serial ACK latency"
 cargo bench --bench serial_ack >"$work/serial.txt" 2>&1
-echo "== purge at 1 M recordings"
-cargo bench --bench purge >"$work/purge.txt" 2>&1
 
 echo "== load generator against a release server"
 mkdir -p "$work/server"
@@ -42,6 +40,11 @@ for _ in $(seq 1 300); do grep -q "callguard ready" "$work/server.log" && break;
 cargo bench --bench loadgen -- --url https://127.0.0.1:18443 --pki "$work/server/callguard-dev/pki" \
   --realtime --concurrency "$calls" --duration "$secs" --server-pid "$server_pid" >"$work/realtime.txt" 2>&1
 kill "$server_pid"; wait "$server_pid" 2>/dev/null || true
+
+# After the load generator: deleting 100 000 files leaves ext4 skipping recently freed inodes
+# for minutes, which would slow the uploads' file creation.
+echo "== purge at 1 M recordings"
+cargo bench --bench purge >"$work/purge.txt" 2>&1
 
 echo "== age (peer baseline) on the same 16 MiB buffer as the vault bench"
 head -c $((16 << 20)) /dev/urandom >"$work/corpus.bin"
