@@ -69,6 +69,48 @@ store_w, store_r = crit("store_16MiB", "vault_write_fsync"), crit("store_16MiB",
 def read(name):
     noise = ("Compiling ", "Finished ", "Running ", "Blocking ", "warning:")
     return "\n".join(l for l in open(os.path.join(work, name)).read().splitlines() if not l.strip().startswith(noise))
+def grab(name, pattern, default=None):
+    found = re.search(pattern, read(name))
+    return float(found.group(1)) if found else default
+def verdict(ok):
+    return "met" if ok else "**MISSED**"
+def targets():
+    ratio = grab("bulk.txt", r"ingest / copy\+fsync: (\d+) %")
+    ingest_mbs = grab("bulk.txt", r"throughput \(stored uploads\): [\d.]+ files/s, ([\d.]+) MB/s")
+    copy_mbs = grab("bulk.txt", r"baseline \(.*\): [\d.]+ files/s, ([\d.]+) MB/s")
+    bulk_cpu = grab("bulk.txt", r"CPU during the load phase: server ([\d.]+) cores")
+    rt_errors = grab("realtime.txt", r"uploads: \d+ attempted, \d+ stored, \d+ discarded \(.*?\), (\d+) errors")
+    rt_stored = grab("realtime.txt", r"uploads: \d+ attempted, (\d+) stored")
+    rt_p99 = grab("realtime.txt", r"chunk send latency[^:]*: p50 [\d.]+ ms, p90 [\d.]+ ms, p99 ([\d.]+) ms")
+    rt_rss = grab("realtime.txt", r"VmHWM ([\d.]+) MiB")
+    purge_s = grab("purge.txt", r"for 100 000: ([\d.]+) s")
+    objection_us = grab("purge.txt", r"Objections::check, with the HMACs\): ([\d.]+) µs")
+    serial_p99 = grab("serial.txt", r"p99 ([\d.]+) ms")
+    rows = [
+        "## Targets",
+        "",
+        "| target (issue) | measured | baseline / bound | verdict |",
+        "| --- | --- | --- | --- |",
+        f"| vault encrypt ≥ 80 % of raw AES-256-GCM (foundation) | {enc_vault:.0f} MiB/s | {enc_raw:.0f} MiB/s ({enc_vault/enc_raw:.0%}) | {verdict(enc_vault/enc_raw >= 0.8)} |",
+        f"| vault decrypt ≥ 80 % of raw AES-256-GCM (foundation) | {dec_vault:.0f} MiB/s | {dec_raw:.0f} MiB/s ({dec_vault/dec_raw:.0%}) | {verdict(dec_vault/dec_raw >= 0.8)} |",
+        f"| bulk ingest ≥ 50 % of copy+fsync (ingest) | {ingest_mbs} MB/s | {copy_mbs} MB/s ({ratio:.0f} %) | {verdict(ratio is not None and ratio >= 50)} |",
+        f"| 500 live calls: zero errors (ingest) | {rt_errors:.0f} errors, {rt_stored:.0f} stored | 0 | {verdict(rt_errors == 0)} |",
+        f"| 500 live calls: p99 chunk latency < 100 ms (ingest) | {rt_p99} ms | 100 ms | {verdict(rt_p99 is not None and rt_p99 < 100)} |",
+        f"| 500 live calls: server peak RSS < 150 MiB (ingest) | {rt_rss} MiB | 150 MiB | {verdict(rt_rss is not None and rt_rss < 150)} |",
+        f"| purge of 100 000 at 1 M recordings < 30 s (policy) | {purge_s} s | 30 s | {verdict(purge_s is not None and purge_s < 30)} |",
+        f"| objection check per ingest < 50 µs (policy) | {objection_us} µs | 50 µs | {verdict(objection_us is not None and objection_us < 50)} |",
+        f"| serial ACK p99 < 20 ms at 200 frames/s (alarms) | {serial_p99} ms | 20 ms | {verdict(serial_p99 is not None and serial_p99 < 20)} |",
+    ]
+    if ratio is not None and ratio < 50:
+        rows += [
+            "",
+            f"Gap, stated plainly: bulk ingest reached {ratio:.0f} % of the copy, not 50 %. The server is "
+            f"CPU-bound ({bulk_cpu} of 2 cores, the load generator's TLS on the same machine): every byte is "
+            "TLS-decrypted, hashed (SHA-256), probed, AES-256-GCM-sealed and written with fsync, rename and "
+            "directory fsync before its catalog commit, while the baseline only writes and fsyncs from memory "
+            "with 8 threads on a disk whose flushes are absorbed by the host (ext4 without a journal).",
+        ]
+    return rows
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "unknown")
 lines = [
     "# Benchmarks",
@@ -77,6 +119,8 @@ lines = [
     f"{platform.system()} {platform.release()}, `{subprocess.run(['rustc','--version'],capture_output=True,text=True).stdout.strip()}`.",
     "Each figure sits beside its baseline (same machine, same run) and its target."
     + (" QUICK run: smaller load-generator runs (200 files; 50 calls for 10 s), not the issue's full loads." if os.environ.get("QUICK") else ""),
+    "",
+    *targets(),
     "",
     "## Vault vs raw AES-256-GCM (16 MiB, default 32 KiB chunks, one core)",
     "",
