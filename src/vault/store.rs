@@ -339,7 +339,8 @@ pub struct PlainReader {
 
 impl PlainReader {
     /// Opens blob `id` and checks its header: magic, version, that it belongs to `id`, and
-    /// that its length is a valid layout. Chunks are authenticated as they are read.
+    /// that its length is a valid layout, and authenticates the last chunk (so a blob cut
+    /// anywhere is refused here); the other chunks are authenticated as they are read.
     pub fn open(
         vault: &Vault,
         id: BlobId,
@@ -396,7 +397,7 @@ impl PlainReader {
         }
         let layout =
             Layout::of(&header, file_len).map_err(|source| VaultError::Format { id, source })?;
-        Ok(PlainReader {
+        let mut reader = PlainReader {
             id,
             file,
             header,
@@ -406,7 +407,13 @@ impl PlainReader {
             buffered_index: None,
             buffer: vec![0u8; header.chunk_size as usize + TAG_LEN],
             buffered_len: 0,
-        })
+        };
+        // The last chunk is sealed as the last: authenticating it now refuses a blob cut
+        // anywhere (even down to one tag, which would read as an empty recording) before any
+        // byte is served, not only when a read reaches the end.
+        let last = reader.layout.n_chunks.saturating_sub(1);
+        reader.load(last).map_err(vault_error)?;
+        Ok(reader)
     }
 
     /// Plaintext length of the blob.
@@ -449,21 +456,26 @@ impl PlainReader {
     /// Authenticates every chunk (a full verification pass), returning the first failure.
     pub fn verify_all(&mut self) -> Result<(), VaultError> {
         for index in 0..self.layout.n_chunks {
-            self.load(index).map_err(|error| match error.into_inner() {
-                Some(inner) => match inner.downcast::<VaultError>() {
-                    Ok(vault_error) => *vault_error,
-                    Err(other) => VaultError::Read {
-                        path: PathBuf::new(),
-                        source: std::io::Error::other(other),
-                    },
-                },
-                None => VaultError::Read {
-                    path: PathBuf::new(),
-                    source: std::io::Error::other("read failed"),
-                },
-            })?;
+            self.load(index).map_err(vault_error)?;
         }
         Ok(())
+    }
+}
+
+/// The `VaultError` inside an I/O error from `PlainReader::load`.
+fn vault_error(error: std::io::Error) -> VaultError {
+    match error.into_inner() {
+        Some(inner) => match inner.downcast::<VaultError>() {
+            Ok(vault_error) => *vault_error,
+            Err(other) => VaultError::Read {
+                path: PathBuf::new(),
+                source: std::io::Error::other(other),
+            },
+        },
+        None => VaultError::Read {
+            path: PathBuf::new(),
+            source: std::io::Error::other("read failed"),
+        },
     }
 }
 
@@ -567,6 +579,36 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_cut_blob_never_opens_even_down_to_one_tag() {
+        // Found by the vault_reader fuzz target: a blob cut to its header and one tag has the
+        // layout of an empty recording, and used to open and read as empty.
+        let chunk = 4096usize;
+        let (_dir, vault) = vault(chunk as u32);
+        let key = DataKey::generate().unwrap();
+        let data = pattern(3 * chunk + 7);
+        let sealed = write_blob(&vault, &key, &data, chunk).await;
+        let path = vault.blob_path(&sealed.id);
+        let whole = std::fs::read(&path).unwrap();
+        let sealed_chunk = chunk + TAG_LEN;
+        for cut in [
+            HEADER_LEN + TAG_LEN,
+            HEADER_LEN + sealed_chunk,
+            HEADER_LEN + 2 * sealed_chunk,
+            HEADER_LEN + 3 * sealed_chunk,
+            whole.len() - 1,
+        ] {
+            std::fs::write(&path, &whole[..cut]).unwrap();
+            assert!(
+                PlainReader::danger_open_unaudited(&vault, sealed.id, &key).is_err(),
+                "blob cut to {cut} of {} bytes opened",
+                whole.len()
+            );
+        }
+        std::fs::write(&path, &whole).unwrap();
+        assert_eq!(read_all(&vault, sealed.id, &key), data);
+    }
+
+    #[tokio::test]
     async fn hundred_mebibytes_round_trip_with_default_chunks() {
         let (_dir, vault) = vault(format::DEFAULT_CHUNK_SIZE);
         let key = DataKey::generate().unwrap();
@@ -633,9 +675,9 @@ mod tests {
                 .is_err()
         );
 
+        // Cut short: refused at open (the last chunk is authenticated there).
         std::fs::write(&path, &original[..original.len() - 80]).unwrap();
-        let mut reader = PlainReader::danger_open_unaudited(&vault, sealed.id, &key).unwrap();
-        assert!(reader.verify_all().is_err());
+        assert!(PlainReader::danger_open_unaudited(&vault, sealed.id, &key).is_err());
 
         // Another recording's file moved over this one: wrong id in the header.
         let other = write_blob(&vault, &key, &data, 300).await;
@@ -651,12 +693,7 @@ mod tests {
         // The right file with another key.
         std::fs::write(&path, &original).unwrap();
         let wrong_key = DataKey::generate().unwrap();
-        assert!(
-            PlainReader::danger_open_unaudited(&vault, sealed.id, &wrong_key)
-                .unwrap()
-                .verify_all()
-                .is_err()
-        );
+        assert!(PlainReader::danger_open_unaudited(&vault, sealed.id, &wrong_key).is_err());
         assert!(
             PlainReader::danger_open_unaudited(&vault, sealed.id, &key)
                 .unwrap()
