@@ -320,8 +320,44 @@ pub fn fuzz_probe(data: &[u8]) {
         let hint = FormatHint {
             extension: extension.map(str::to_owned),
         };
-        let _ = crate::ingest::probe::probe_bytes(data, &hint);
+        let whole = crate::ingest::probe::probe_bytes(data, &hint);
+        // The streaming probe (settled in place on a growing prefix, or a worker) must agree
+        // with the one-shot probe whatever the pieces; an early refusal may name another error.
+        let piece = 1 + usize::from(data.last().copied().unwrap_or(0)) * 61;
+        let streamed = probe_in_pieces(data, &hint, piece);
+        match (&whole, &streamed) {
+            (Err(_), Err(_)) => {}
+            _ => assert_eq!(whole, streamed, "streamed in pieces of {piece} bytes"),
+        }
     }
+}
+
+/// `Prober` fed `data` in pieces of `piece` bytes.
+fn probe_in_pieces(
+    data: &[u8],
+    hint: &FormatHint,
+    piece: usize,
+) -> Result<crate::ingest::probe::AudioInfo, crate::ingest::probe::ProbeError> {
+    thread_local! {
+        static RUNTIME: tokio::runtime::Runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("invariant: a current-thread runtime without drivers builds");
+    }
+    RUNTIME.with(|runtime| {
+        runtime.block_on(async {
+            let mut prober = crate::ingest::probe::Prober::start(hint.clone());
+            for part in data.chunks(piece) {
+                if prober
+                    .feed(bytes::Bytes::copy_from_slice(part))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+            prober.finish().await
+        })
+    })
 }
 
 /// The audit chain verifier on entries decoded from arbitrary bytes.
