@@ -2783,6 +2783,21 @@ mod tests {
         })
     }
 
+    /// Seed file `seed_idx` with bytes overwritten at `mutations`, cut to `cut * 4` bytes, its
+    /// Ogg CRCs fixed so the damage reaches the codec parsers.
+    fn damaged(seed_idx: usize, mutations: &[(u16, u8)], cut: u16) -> (Vec<u8>, FormatHint) {
+        let seeds = seed_files();
+        let (original, hint) = &seeds[seed_idx % seeds.len()];
+        let mut bytes = original.clone();
+        for &(position, value) in mutations {
+            let idx = usize::from(position) % bytes.len();
+            bytes[idx] = value;
+        }
+        bytes.truncate(usize::from(cut).max(1) * 4);
+        fix_ogg_crcs(&mut bytes);
+        (bytes, hint.clone())
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 384, ..ProptestConfig::default() })]
 
@@ -2792,16 +2807,8 @@ mod tests {
             mutations in proptest::collection::vec((any::<u16>(), any::<u8>()), 1..12),
             cut in any::<u16>(),
         ) {
-            let seeds = seed_files();
-            let (original, hint) = &seeds[seed_idx % seeds.len()];
-            let mut bytes = original.clone();
-            for (position, value) in mutations {
-                let idx = usize::from(position) % bytes.len();
-                bytes[idx] = value;
-            }
-            bytes.truncate(usize::from(cut).max(1) * 4);
-            fix_ogg_crcs(&mut bytes);
-            let _ = probe_unguarded(&bytes, hint);
+            let (bytes, hint) = damaged(seed_idx, &mutations, cut);
+            let _ = probe_unguarded(&bytes, &hint);
         }
     }
     proptest! {
@@ -2816,18 +2823,10 @@ mod tests {
             cut in any::<u16>(),
             chunking in any::<u32>(),
         ) {
-            let seeds = seed_files();
-            let (original, hint) = &seeds[seed_idx % seeds.len()];
-            let mut bytes = original.clone();
-            for (position, value) in mutations {
-                let idx = usize::from(position) % bytes.len();
-                bytes[idx] = value;
-            }
-            bytes.truncate(usize::from(cut).max(1) * 4);
-            fix_ogg_crcs(&mut bytes);
-            let expected = probe_bytes(&bytes, hint);
+            let (bytes, hint) = damaged(seed_idx, &mutations, cut);
+            let expected = probe_bytes(&bytes, &hint);
             let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
-            let actual = runtime.block_on(probe_in_chunks(&bytes, hint, chunking));
+            let actual = runtime.block_on(probe_in_chunks(&bytes, &hint, chunking));
             match (&expected, &actual) {
                 // An early refusal may stop reading before the one-shot probe's verdict.
                 (Err(_), Err(_)) => {}
