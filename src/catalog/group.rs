@@ -8,6 +8,7 @@
 //! hands each job its outcome. A writer that gets the connection and finds its job already run
 //! only waits for its answer.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
 
@@ -28,6 +29,8 @@ type Done = SyncSender<Result<(), CatalogError>>;
 pub(super) struct Job {
     work: Work,
     done: Done,
+    /// Set when a writer takes the job out of the queue to commit it.
+    taken: Arc<AtomicBool>,
 }
 
 /// The queue of jobs waiting for the connection.
@@ -51,9 +54,11 @@ impl Catalog {
                 Ok(())
             }),
             done,
+            taken: Arc::new(AtomicBool::new(false)),
         };
+        let taken = Arc::clone(&job.taken);
         self.queue().push(job);
-        self.run_queued();
+        self.run_queued(&taken);
         wait(&answer)?;
         let produced = value
             .lock()
@@ -69,18 +74,20 @@ impl Catalog {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Takes the connection and commits whatever is queued (possibly nothing: another writer
-    /// may have committed our job while we waited for the connection).
-    fn run_queued(&self) {
+    /// Takes the connection and commits what is queued, group by group, until our own job
+    /// (`mine`) has been taken, by us or by the writer who held the connection before us. A job
+    /// is taken before its own writer leaves, so none is left behind; and no writer keeps serving
+    /// others once its own job is on its way.
+    fn run_queued(&self, mine: &AtomicBool) {
         let mut conn = self.lock();
-        loop {
+        while !mine.load(Ordering::Acquire) {
             let jobs: Vec<Job> = {
                 let mut queue = self.queue();
                 let n = queue.len().min(MAX_GROUP);
                 queue.drain(..n).collect()
             };
-            if jobs.is_empty() {
-                return;
+            for job in &jobs {
+                job.taken.store(true, Ordering::Release);
             }
             commit_group(&mut conn, jobs);
         }
@@ -199,7 +206,7 @@ mod tests {
     }
 
     #[test]
-    fn concurrent_writes_all_commit_and_a_failing_one_is_rolled_back_alone() {
+    fn concurrent_writes_all_commit_in_groups_and_a_failing_one_is_rolled_back_alone() {
         let (_dir, catalog) = catalog();
         catalog
             .write(|tx| {
@@ -207,7 +214,7 @@ mod tests {
                     .map_err(sql("create"))
             })
             .unwrap();
-        let threads: Vec<_> = (0..40i64)
+        let threads: Vec<_> = (0..150i64)
             .map(|n| {
                 let catalog = catalog.clone();
                 std::thread::spawn(move || {
@@ -236,8 +243,8 @@ mod tests {
                 Err(other) => panic!("job {n}: {other}"),
             }
         }
-        assert_eq!(failed, 4);
-        assert_eq!(count(&catalog), 36);
+        assert_eq!(failed, 15);
+        assert_eq!(count(&catalog), 135);
     }
 
     #[test]

@@ -42,7 +42,7 @@ pub struct BlobWriter {
     /// waits here until more data arrives (then it is not the last) or `finish` (then it is).
     buffer: Vec<u8>,
     sealed_len: usize,
-    /// When the last batch went to the file: a stream whose chunks come further apart than
+    /// When the last chunk was sealed: a stream whose chunks come further apart than
     /// `WRITE_BATCH_WINDOW` is written chunk by chunk.
     last_write: std::time::Instant,
     next_index: u64,
