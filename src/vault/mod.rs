@@ -264,29 +264,10 @@ impl Vault {
 
     /// The ids of the blobs in `vault/quarantine/` (`<id>.cgv`); other files are left alone.
     pub fn quarantine_blobs(&self) -> Result<Vec<String>, VaultError> {
-        let dir = self.dir.join("quarantine");
-        let entries = std::fs::read_dir(&dir).map_err(|source| VaultError::Read {
-            path: dir.clone(),
-            source,
-        })?;
-        let mut ids = Vec::new();
-        for entry in entries {
-            let entry = entry.map_err(|source| VaultError::Read {
-                path: dir.clone(),
-                source,
-            })?;
-            let name = entry.file_name();
-            let id = name
-                .to_str()
-                .and_then(|n| n.strip_suffix(".cgv"))
-                .and_then(BlobId::parse);
-            match id {
-                Some(id) => ids.push(id.to_string()),
-                None => {
-                    tracing::warn!(path = %entry.path().display(), "unexpected file in the vault's quarantine, left alone")
-                }
-            }
-        }
+        let mut ids: Vec<String> = blob_ids_in(&self.dir.join("quarantine"), "quarantine")?
+            .iter()
+            .map(BlobId::to_string)
+            .collect();
         ids.sort();
         Ok(ids)
     }
@@ -331,27 +312,7 @@ impl Vault {
             {
                 continue;
             }
-            let files = std::fs::read_dir(&shard_path).map_err(|source| VaultError::Read {
-                path: shard_path.clone(),
-                source,
-            })?;
-            for file in files {
-                let file = file.map_err(|source| VaultError::Read {
-                    path: shard_path.clone(),
-                    source,
-                })?;
-                let name = file.file_name();
-                let id = name
-                    .to_str()
-                    .and_then(|n| n.strip_suffix(".cgv"))
-                    .and_then(BlobId::parse);
-                match id {
-                    Some(id) => scan.blobs.push(id),
-                    None => {
-                        tracing::warn!(path = %file.path().display(), "unexpected file in the vault, left alone")
-                    }
-                }
-            }
+            scan.blobs.extend(blob_ids_in(&shard_path, "vault")?);
         }
         scan.blobs.sort();
         Ok(scan)
@@ -375,6 +336,34 @@ impl Vault {
         }
         walk(&self.dir)
     }
+}
+
+/// The ids of the `<id>.cgv` files in `dir`; anything else is left alone with a warning naming
+/// `place`.
+fn blob_ids_in(dir: &Path, place: &str) -> Result<Vec<BlobId>, VaultError> {
+    let entries = std::fs::read_dir(dir).map_err(|source| VaultError::Read {
+        path: dir.to_owned(),
+        source,
+    })?;
+    let mut ids = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|source| VaultError::Read {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let name = entry.file_name();
+        let id = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(".cgv"))
+            .and_then(BlobId::parse);
+        match id {
+            Some(id) => ids.push(id),
+            None => {
+                tracing::warn!(path = %entry.path().display(), place, "unexpected file in the vault, left alone")
+            }
+        }
+    }
+    Ok(ids)
 }
 
 /// Most threads `Vault::unlink_many` uses.
