@@ -181,20 +181,22 @@ pub(crate) fn attach_future_holds_in(
     started_at: jiff::Timestamp,
 ) -> Result<u64, CatalogError> {
     let n = tx
-        .execute(
+        .prepare_cached(
             "INSERT OR IGNORE INTO hold_recordings (hold_id, recording_id)
              SELECT id, ?1 FROM holds
              WHERE released_at IS NULL AND include_future = 1 AND (
                    (selector_kind = 'caller' AND selector_hmac = ?2)
                 OR (selector_kind = 'account' AND selector_hmac = ?3)
                 OR (selector_kind = 'range' AND ?4 >= selector_from AND ?4 < selector_to))",
-            params![
+        )
+        .and_then(|mut stmt| {
+            stmt.execute(params![
                 id.to_string(),
                 caller_hmac.map(|d| d.as_slice()),
                 account_hmac.map(|d| d.as_slice()),
                 secs(started_at)
-            ],
-        )
+            ])
+        })
         .map_err(sql("attach future holds"))?;
     Ok(n as u64)
 }

@@ -231,12 +231,13 @@ fn by_call(
     call_id_hmac: &[u8; 32],
 ) -> Result<Option<RecordingRow>, CatalogError> {
     let raw = tx
-        .query_row(
-            &format!("SELECT {COLUMNS} FROM recordings WHERE call_id_hmac = ?1"),
-            [call_id_hmac.as_slice()],
-            raw_row,
-        )
-        .optional()
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM recordings WHERE call_id_hmac = ?1"
+        ))
+        .and_then(|mut stmt| {
+            stmt.query_row([call_id_hmac.as_slice()], raw_row)
+                .optional()
+        })
         .map_err(sql("recording by call id"))?;
     match raw {
         Some(raw) => Ok(Some(raw.into_row()?)),
@@ -291,12 +292,11 @@ impl Catalog {
             if let Some(reason) = objection {
                 return Ok(Inserted::Objected(reason));
             }
-            tx.execute(
-                &format!(
-                    "INSERT INTO recordings ({COLUMNS}) VALUES \
-                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)"
-                ),
-                params![
+            tx.prepare_cached(&format!(
+                "INSERT INTO recordings ({COLUMNS}) VALUES \
+                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)"
+            ))
+            .and_then(|mut stmt| stmt.execute(params![
                     row.id.to_string(),
                     row.call_id_hmac.as_slice(),
                     row.caller_hmac.as_ref().map(|d| d.as_slice()),
@@ -320,8 +320,7 @@ impl Catalog {
                     row.wrapped_key,
                     row.sealed_meta,
                     row.pending_deletion,
-                ],
-            )
+                ]))
             .map_err(sql("recording insert"))?;
             crate::catalog::policy::attach_future_holds_in(
                 tx,

@@ -112,6 +112,8 @@ pub struct Vault {
     dir: PathBuf,
     /// Plaintext bytes per chunk for new blobs.
     chunk_size: u32,
+    /// Write buffers of fast uploads, reused from one blob to the next.
+    buffers: store::BufferPool,
 }
 
 /// What the start-up scan found.
@@ -124,17 +126,30 @@ pub struct RecoveryScan {
 }
 
 impl Vault {
-    /// Opens (and creates if needed) the vault under `dir`.
+    /// Opens (and creates if needed) the vault under `dir`, with its temporary, quarantine and
+    /// 256 shard directories. A directory created here is made durable (its parent fsynced)
+    /// before the vault is used, so a blob's own directory fsync is all its write needs.
     pub fn open(dir: &Path) -> Result<Vault, VaultError> {
-        for sub in [dir.to_owned(), dir.join("tmp"), dir.join("quarantine")] {
+        let mut created_in = std::collections::BTreeSet::new();
+        let shards = (0..=u8::MAX).map(|shard| dir.join(format!("{shard:02x}")));
+        let subs = [dir.to_owned(), dir.join("tmp"), dir.join("quarantine")];
+        for sub in subs.into_iter().chain(shards) {
+            if sub.is_dir() {
+                continue;
+            }
             std::fs::create_dir_all(&sub).map_err(|source| VaultError::Write {
                 path: sub.clone(),
                 source,
             })?;
+            created_in.insert(parent_of(&sub).to_owned());
+        }
+        for parent in &created_in {
+            store::sync_dir(parent)?;
         }
         Ok(Vault {
             dir: dir.to_owned(),
             chunk_size: format::DEFAULT_CHUNK_SIZE,
+            buffers: store::BufferPool::default(),
         })
     }
 
@@ -153,7 +168,8 @@ impl Vault {
     }
 
     /// Path of the blob of `id`: derived from the typed id only, never from input text. The
-    /// shard is the id's last byte (random in a UUIDv7), so blobs spread over 256 directories.
+    /// shard is the id's last byte (random in a UUIDv7), so blobs spread over 256 directories,
+    /// all created by `open`.
     pub fn blob_path(&self, id: &BlobId) -> PathBuf {
         let name = id.to_string();
         self.dir.join(&name[30..]).join(format!("{name}.cgv"))
@@ -224,6 +240,10 @@ impl Vault {
             store::sync_dir(dir)?;
         }
         Ok(())
+    }
+
+    pub(crate) fn buffers(&self) -> &store::BufferPool {
+        &self.buffers
     }
 
     fn temp_dir(&self) -> PathBuf {
@@ -335,6 +355,14 @@ impl Vault {
             total
         }
         walk(&self.dir)
+    }
+}
+
+/// The directory holding `path` (`.` for a bare relative name).
+pub(crate) fn parent_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
     }
 }
 

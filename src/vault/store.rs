@@ -26,14 +26,16 @@ pub struct SealedBlob {
 ///
 /// Sealed chunks are handed to a blocking write one at a time when the stream is slow (a live
 /// call: memory stays at one chunk) and in batches of up to `WRITE_BATCH` when it is fast (a
-/// bulk upload: a thread hand-off per 256 KiB instead of per chunk); the last batch, the fsync,
-/// the rename and the directory fsync share one hand-off.
+/// bulk upload: a thread hand-off per 256 KiB instead of per chunk, in a buffer reused from the
+/// vault's pool); the last batch, the fsync, the rename and the directory fsync share one
+/// hand-off. The temporary file is created by the first of these writes, not by a hand-off of
+/// its own.
 pub struct BlobWriter {
     id: BlobId,
     header: Header,
     cipher: Aes256Gcm,
-    /// The temporary file; moved into a blocking task for each write and back.
-    file: Option<std::fs::File>,
+    /// The temporary file once created; moved into a blocking task for each write and back.
+    file: TempFile,
     /// Removes the temporary file unless `finish` renamed it.
     temp: DeleteOnDrop,
     final_path: PathBuf,
@@ -42,6 +44,8 @@ pub struct BlobWriter {
     /// waits here until more data arrives (then it is not the last) or `finish` (then it is).
     buffer: Vec<u8>,
     sealed_len: usize,
+    /// Where batch buffers come from and go back to.
+    pool: BufferPool,
     /// When the last chunk was sealed: a stream whose chunks come further apart than
     /// `WRITE_BATCH_WINDOW` is written chunk by chunk.
     last_write: std::time::Instant,
@@ -50,25 +54,71 @@ pub struct BlobWriter {
     limit: u64,
 }
 
+/// The temporary file of a `BlobWriter`.
+enum TempFile {
+    /// Not created yet: no chunk has been written.
+    Absent,
+    Open(std::fs::File),
+    /// Lent to a blocking write that did not come back (it failed), or finished.
+    Gone,
+}
+
 /// Most sealed bytes gathered before a write.
 const WRITE_BATCH: usize = 256 * 1024;
 
 /// Sealed chunks are gathered only while they come faster than this.
 const WRITE_BATCH_WINDOW: std::time::Duration = std::time::Duration::from_millis(20);
 
+/// Batch buffers kept for reuse (each `WRITE_BATCH` plus a chunk: 4.6 MiB for 16 at most).
+const POOLED_BUFFERS: usize = 16;
+
+/// Write buffers of fast uploads, kept for the next blob: a fresh buffer of a few hundred KiB
+/// per upload costs page faults, zeroed pages and reallocations as it grows. A buffer goes back
+/// only from `finish`, when everything in it is sealed: the pool never holds plaintext.
+#[derive(Debug, Clone, Default)]
+pub struct BufferPool(std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>);
+
+impl BufferPool {
+    /// An empty buffer of at least `capacity` bytes.
+    fn take(&self, capacity: usize) -> Vec<u8> {
+        let reused = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop();
+        let mut buffer = reused.unwrap_or_default();
+        buffer.clear();
+        buffer.reserve_exact(capacity);
+        buffer
+    }
+
+    /// Keeps `buffer` for a later `take`, unless the pool is full.
+    fn put(&self, mut buffer: Vec<u8>) {
+        buffer.clear();
+        let mut pool = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if pool.len() < POOLED_BUFFERS {
+            pool.push(buffer);
+        }
+    }
+}
+
 impl BlobWriter {
-    /// Creates the temporary file for blob `id`, encrypted under `key`.
-    pub async fn create(
+    /// Prepares blob `id`, encrypted under `key`; its temporary file is created by the first
+    /// write.
+    pub fn create(
         vault: &Vault,
         id: BlobId,
         key: &DataKey,
         limit: u64,
     ) -> Result<BlobWriter, VaultError> {
-        BlobWriter::create_at(vault, id, key, limit, vault.blob_path(&id)).await
+        BlobWriter::create_at(vault, id, key, limit, vault.blob_path(&id))
     }
 
     /// Same, for a quarantined file (`vault/quarantine/<id>.cgv`); same format and guarantees.
-    pub async fn create_quarantine(
+    pub fn create_quarantine(
         vault: &Vault,
         id: BlobId,
         key: &DataKey,
@@ -81,10 +131,9 @@ impl BlobWriter {
             limit,
             vault.quarantine_path(&id.to_string()),
         )
-        .await
     }
 
-    async fn create_at(
+    fn create_at(
         vault: &Vault,
         id: BlobId,
         key: &DataKey,
@@ -101,29 +150,18 @@ impl BlobWriter {
         let temp_path = vault
             .temp_dir()
             .join(format!("{id}-{}.tmp", hex::encode(suffix)));
-        let temp = DeleteOnDrop(Some(temp_path.clone()));
-        let file = tokio::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&temp_path)
-            .await
-            .map_err(|source| VaultError::Write {
-                path: temp_path.clone(),
-                source,
-            })?
-            .into_std()
-            .await;
         let mut buffer = Vec::with_capacity(HEADER_LEN + vault.chunk_size() as usize + TAG_LEN);
         buffer.extend_from_slice(&header.encode());
         Ok(BlobWriter {
             id,
             header,
             cipher: key.cipher(),
-            file: Some(file),
-            temp,
+            file: TempFile::Absent,
+            temp: DeleteOnDrop(Some(temp_path)),
             final_path,
             sealed_len: buffer.len(),
             buffer,
+            pool: vault.buffers().clone(),
             last_write: std::time::Instant::now(),
             next_index: 0,
             plaintext_len: 0,
@@ -159,6 +197,8 @@ impl BlobWriter {
                 let slow = now.duration_since(self.last_write) >= WRITE_BATCH_WINDOW;
                 if slow || self.sealed_len >= WRITE_BATCH {
                     self.write_sealed().await?;
+                } else {
+                    self.batching();
                 }
                 self.last_write = now;
             }
@@ -175,30 +215,24 @@ impl BlobWriter {
     pub async fn finish(mut self) -> Result<SealedBlob, VaultError> {
         self.seal_open_chunk(true)?;
         let temp_path = self.temp.path().to_owned();
-        let mut file = self.file.take().ok_or_else(|| VaultError::Write {
-            path: temp_path.clone(),
-            source: std::io::Error::other("invariant: writer already finished"),
-        })?;
+        let file = self.lend_file()?;
         let buffer = std::mem::take(&mut self.buffer);
         let final_path = self.final_path.clone();
-        let done = tokio::task::spawn_blocking(move || -> Result<(), VaultError> {
+        let done = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, VaultError> {
             let write_error = |source| VaultError::Write {
                 path: temp_path.clone(),
                 source,
             };
+            let mut file = match file {
+                Some(file) => file,
+                None => create_temp(&temp_path)?,
+            };
             file.write_all(&buffer).map_err(write_error)?;
             file.sync_all().map_err(write_error)?;
             drop(file);
-            let parent = final_path.parent().unwrap_or(Path::new(""));
-            std::fs::create_dir_all(parent).map_err(|source| VaultError::Write {
-                path: parent.to_owned(),
-                source,
-            })?;
-            std::fs::rename(&temp_path, &final_path).map_err(|source| VaultError::Write {
-                path: final_path.clone(),
-                source,
-            })?;
-            sync_dir(parent)
+            rename_into_place(&temp_path, &final_path)?;
+            sync_dir(crate::vault::parent_of(&final_path))?;
+            Ok(buffer)
         })
         .await;
         let renamed = match done {
@@ -209,7 +243,12 @@ impl BlobWriter {
             }),
         };
         match renamed {
-            Ok(()) => self.temp.disarm(),
+            Ok(buffer) => {
+                self.temp.disarm();
+                if buffer.capacity() >= WRITE_BATCH {
+                    self.pool.put(buffer);
+                }
+            }
             Err(error) => {
                 // Renamed but the directory fsync failed: the final path goes too.
                 if self.final_path.exists() {
@@ -223,6 +262,19 @@ impl BlobWriter {
             plaintext_len: self.plaintext_len,
             blob_len: Layout::blob_len(self.header.chunk_size, self.plaintext_len),
         })
+    }
+
+    /// The stream is fast: sealed chunks gather in a batch buffer from the pool, sized once
+    /// for the whole batch (instead of growing by reallocation).
+    fn batching(&mut self) {
+        let chunk = self.header.chunk_size as usize;
+        let capacity = HEADER_LEN + WRITE_BATCH + chunk + TAG_LEN;
+        if self.buffer.capacity() >= capacity {
+            return;
+        }
+        let mut batch = self.pool.take(capacity);
+        batch.extend_from_slice(&self.buffer);
+        self.buffer = batch;
     }
 
     /// Seals the chunk being filled, in place in the buffer.
@@ -246,21 +298,30 @@ impl BlobWriter {
         Ok(())
     }
 
+    /// The open file for a blocking write (`None`: not created yet, the write creates it).
+    fn lend_file(&mut self) -> Result<Option<std::fs::File>, VaultError> {
+        match std::mem::replace(&mut self.file, TempFile::Gone) {
+            TempFile::Absent => Ok(None),
+            TempFile::Open(file) => Ok(Some(file)),
+            TempFile::Gone => Err(VaultError::Write {
+                path: self.temp.path().to_owned(),
+                source: std::io::Error::other("invariant: writer already finished or failed"),
+            }),
+        }
+    }
+
     /// Writes the sealed bytes (the whole buffer: no chunk is open) to the file.
     async fn write_sealed(&mut self) -> Result<(), VaultError> {
         let path = self.temp.path().to_owned();
-        let file = self.file.take().ok_or_else(|| VaultError::Write {
-            path: path.clone(),
-            source: std::io::Error::other("invariant: writer already finished"),
-        })?;
+        let file = self.lend_file()?;
         // The buffer moves to the blocking write and comes back as the next one: no copy.
-        let (file, mut buffer) = write_blocking(file, std::mem::take(&mut self.buffer))
-            .await
-            .map_err(|source| VaultError::Write { path, source })?;
-        self.file = Some(file);
+        let (file, mut buffer) =
+            write_blocking(file, path, std::mem::take(&mut self.buffer)).await?;
+        self.file = TempFile::Open(file);
         let one_chunk = self.header.chunk_size as usize + TAG_LEN;
         if buffer.capacity() > 2 * one_chunk && buffer.len() <= one_chunk {
             // A stream that slowed down gives back its batch buffer.
+            self.pool.put(buffer);
             buffer = Vec::with_capacity(one_chunk);
         } else {
             buffer.clear();
@@ -271,17 +332,65 @@ impl BlobWriter {
     }
 }
 
-/// Writes `buffer` to `file` on a blocking thread; hands both back. On error the file is gone
-/// (the writer fails, and its guard removes the temporary path).
+/// Creates the temporary file of a blob (never an existing one).
+fn create_temp(path: &Path) -> Result<std::fs::File, VaultError> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(|source| VaultError::Write {
+            path: path.to_owned(),
+            source,
+        })
+}
+
+/// Renames a finished temporary file to its place. Its directory exists since the vault
+/// opened; one removed since by hand is made again (durably) rather than failing the write.
+fn rename_into_place(temp: &Path, dest: &Path) -> Result<(), VaultError> {
+    let rename_error = |source| VaultError::Write {
+        path: dest.to_owned(),
+        source,
+    };
+    match std::fs::rename(temp, dest) {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound && temp.exists() => {
+            let dir = crate::vault::parent_of(dest);
+            std::fs::create_dir_all(dir).map_err(|source| VaultError::Write {
+                path: dir.to_owned(),
+                source,
+            })?;
+            sync_dir(crate::vault::parent_of(dir))?;
+            std::fs::rename(temp, dest).map_err(rename_error)
+        }
+        Err(source) => Err(rename_error(source)),
+    }
+}
+
+/// Writes `buffer` to `file` (creating the temporary file at `path` first if `file` is `None`)
+/// on a blocking thread; hands both back. On error the file is gone (the writer fails, and its
+/// guard removes the temporary path).
 async fn write_blocking(
-    mut file: std::fs::File,
+    file: Option<std::fs::File>,
+    path: PathBuf,
     buffer: Vec<u8>,
-) -> std::io::Result<(std::fs::File, Vec<u8>)> {
-    let outcome =
-        tokio::task::spawn_blocking(move || file.write_all(&buffer).map(|()| (file, buffer))).await;
+) -> Result<(std::fs::File, Vec<u8>), VaultError> {
+    let outcome = tokio::task::spawn_blocking(move || {
+        let mut file = match file {
+            Some(file) => file,
+            None => create_temp(&path)?,
+        };
+        match file.write_all(&buffer) {
+            Ok(()) => Ok((file, buffer)),
+            Err(source) => Err(VaultError::Write { path, source }),
+        }
+    })
+    .await;
     match outcome {
         Ok(result) => result,
-        Err(join) => Err(std::io::Error::other(join.to_string())),
+        Err(join) => Err(VaultError::Write {
+            path: PathBuf::new(),
+            source: std::io::Error::other(join.to_string()),
+        }),
     }
 }
 
@@ -532,9 +641,7 @@ mod tests {
     }
 
     async fn write_blob(vault: &Vault, key: &DataKey, data: &[u8], piece: usize) -> SealedBlob {
-        let mut writer = BlobWriter::create(vault, BlobId::generate(), key, u64::MAX)
-            .await
-            .unwrap();
+        let mut writer = BlobWriter::create(vault, BlobId::generate(), key, u64::MAX).unwrap();
         for part in data.chunks(piece.max(1)) {
             writer.write(part).await.unwrap();
         }
@@ -614,9 +721,7 @@ mod tests {
         let key = DataKey::generate().unwrap();
         let len = 100 << 20;
         let block = pattern(1 << 20);
-        let mut writer = BlobWriter::create(&vault, BlobId::generate(), &key, u64::MAX)
-            .await
-            .unwrap();
+        let mut writer = BlobWriter::create(&vault, BlobId::generate(), &key, u64::MAX).unwrap();
         for _ in 0..100 {
             writer.write(&block).await.unwrap();
         }
@@ -707,12 +812,16 @@ mod tests {
         let (_dir, vault) = vault(64);
         let key = DataKey::generate().unwrap();
         let secret = b"PLAINTEXT-AUDIO-MARKER".repeat(20);
+        // More than a write batch: the temporary file exists by the end of the `write`.
+        let long_secret = b"PLAINTEXT-AUDIO-MARKER".repeat(15_000);
 
         // Dropped before finish (client went away, error): the guard removes the temp file.
-        let mut writer = BlobWriter::create(&vault, BlobId::generate(), &key, u64::MAX)
-            .await
-            .unwrap();
-        writer.write(&secret).await.unwrap();
+        let mut writer = BlobWriter::create(&vault, BlobId::generate(), &key, u64::MAX).unwrap();
+        writer.write(&long_secret).await.unwrap();
+        assert_eq!(
+            std::fs::read_dir(vault.dir().join("tmp")).unwrap().count(),
+            1
+        );
         drop(writer);
         assert_eq!(
             std::fs::read_dir(vault.dir().join("tmp")).unwrap().count(),
@@ -720,10 +829,8 @@ mod tests {
         );
 
         // Crash mid-write (no destructor runs): a temp file remains, encrypted; recovery removes it.
-        let mut writer = BlobWriter::create(&vault, BlobId::generate(), &key, u64::MAX)
-            .await
-            .unwrap();
-        writer.write(&secret).await.unwrap();
+        let mut writer = BlobWriter::create(&vault, BlobId::generate(), &key, u64::MAX).unwrap();
+        writer.write(&long_secret).await.unwrap();
         writer.write(&secret).await.unwrap();
         std::mem::forget(writer);
         let temp_files: Vec<_> = std::fs::read_dir(vault.dir().join("tmp"))
@@ -748,12 +855,50 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn shard_directories_exist_from_open_and_one_removed_by_hand_comes_back() {
+        let (_dir, vault) = vault(format::DEFAULT_CHUNK_SIZE);
+        let shards = std::fs::read_dir(vault.dir())
+            .unwrap()
+            .flatten()
+            .filter(|entry| entry.file_name().len() == 2 && entry.path().is_dir())
+            .count();
+        assert_eq!(shards, 256);
+        let key = DataKey::generate().unwrap();
+        let id = BlobId::generate();
+        std::fs::remove_dir(vault.blob_path(&id).parent().unwrap()).unwrap();
+        let data = pattern(100_000);
+        let mut writer = BlobWriter::create(&vault, id, &key, u64::MAX).unwrap();
+        writer.write(&data).await.unwrap();
+        writer.finish().await.unwrap();
+        assert_eq!(read_all(&vault, id, &key), data);
+    }
+
+    #[tokio::test]
+    async fn batch_buffers_go_back_to_the_pool_and_serve_the_next_blob() {
+        let (_dir, vault) = vault(format::DEFAULT_CHUNK_SIZE);
+        let key = DataKey::generate().unwrap();
+        let marker = b"PLAINTEXT-AUDIO-MARKER".repeat(30_000);
+        let first = write_blob(&vault, &key, &marker, 64 * 1024).await;
+        {
+            let pooled = vault.buffers().0.lock().unwrap();
+            assert_eq!(pooled.len(), 1, "a fast upload's batch buffer is kept");
+            assert!(pooled[0].capacity() >= WRITE_BATCH && pooled[0].is_empty());
+        }
+        let second = write_blob(&vault, &key, &marker, 64 * 1024).await;
+        assert_eq!(
+            vault.buffers().0.lock().unwrap().len(),
+            1,
+            "reused, not added"
+        );
+        assert_eq!(read_all(&vault, first.id, &key), marker);
+        assert_eq!(read_all(&vault, second.id, &key), marker);
+    }
+
+    #[tokio::test]
     async fn the_size_limit_is_enforced_while_streaming() {
         let (_dir, vault) = vault(64);
         let key = DataKey::generate().unwrap();
-        let mut writer = BlobWriter::create(&vault, BlobId::generate(), &key, 100)
-            .await
-            .unwrap();
+        let mut writer = BlobWriter::create(&vault, BlobId::generate(), &key, 100).unwrap();
         writer.write(&[0u8; 100]).await.unwrap();
         assert!(matches!(
             writer.write(&[0u8; 1]).await,
