@@ -22,18 +22,25 @@ echo "== serial ACK latency"
 cargo bench --bench serial_ack >"$work/serial.txt" 2>&1
 
 echo "== load generator against a release server"
-mkdir -p "$work/server"
-(cd "$work/server" && exec "$OLDPWD/$bin" serve --dev --listen 127.0.0.1:18443 --metrics-listen 127.0.0.1:19464) >"$work/server.log" 2>&1 &
-server_pid=$!
-for _ in $(seq 1 300); do grep -q "callguard ready" "$work/server.log" && break; sleep 0.2; done
-files=2000; calls=500; secs=60
-if [ -n "${QUICK:-}" ]; then files=200; calls=50; secs=10; fi
-mkdir -p "$work/copy"
-cargo bench --bench loadgen -- --url https://127.0.0.1:18443 --pki "$work/server/callguard-dev/pki" \
-  --files "$files" --concurrency 8 --seconds-of-audio 60 --baseline-dir "$work/copy" --server-pid "$server_pid" \
-  >"$work/bulk.txt" 2>&1
-kill "$server_pid"; wait "$server_pid" 2>/dev/null || true
-rm -rf "$work/server"; mkdir -p "$work/server"
+files=2000; calls=500; secs=60; bulk_runs=${BULK_RUNS:-3}
+if [ -n "${QUICK:-}" ]; then files=200; calls=50; secs=10; bulk_runs=1; fi
+# Bulk ingest, several runs: the copy baseline of a virtual disk drifts from one minute to the
+# next, so one run proves little. Each run has a fresh server and data directory, and starts
+# 40 s after the previous one's files are deleted (ext4 without a journal skips recently freed
+# inodes, which slows file creation).
+for run in $(seq 1 "$bulk_runs"); do
+  rm -rf "$work/server" "$work/copy"; mkdir -p "$work/server" "$work/copy"
+  if [ "$run" -gt 1 ]; then sleep 40; fi
+  (cd "$work/server" && exec "$OLDPWD/$bin" serve --dev --listen 127.0.0.1:18443 --metrics-listen 127.0.0.1:19464) >"$work/server.log" 2>&1 &
+  server_pid=$!
+  for _ in $(seq 1 300); do grep -q "callguard ready" "$work/server.log" && break; sleep 0.2; done
+  cargo bench --bench loadgen -- --url https://127.0.0.1:18443 --pki "$work/server/callguard-dev/pki" \
+    --files "$files" --concurrency 8 --seconds-of-audio 60 --baseline-dir "$work/copy" --server-pid "$server_pid" \
+    >"$work/bulk-$run.txt" 2>&1
+  kill "$server_pid"; wait "$server_pid" 2>/dev/null || true
+  grep -E "ingest / copy" "$work/bulk-$run.txt" | sed "s/^/   bulk run $run: /"
+done
+rm -rf "$work/server"; mkdir -p "$work/server"; sleep 40
 (cd "$work/server" && exec "$OLDPWD/$bin" serve --dev --listen 127.0.0.1:18443 --metrics-listen 127.0.0.1:19464) >"$work/server.log" 2>&1 &
 server_pid=$!
 for _ in $(seq 1 300); do grep -q "callguard ready" "$work/server.log" && break; sleep 0.2; done
@@ -74,11 +81,34 @@ def grab(name, pattern, default=None):
     return float(found.group(1)) if found else default
 def verdict(ok):
     return "met" if ok else "**MISSED**"
+bulk_files = sorted(f for f in os.listdir(work) if re.fullmatch(r"bulk-\d+\.txt", f))
+def bulk_run(name):
+    """One bulk run's figures: ingest MB/s, the two copies, the vault alone, the ratios, CPU."""
+    text = read(name)
+    copies = [float(m) for m in re.findall(r"baseline (?:before|after) the uploads \(.*?\): [\d.]+ files/s, ([\d.]+) MB/s", text)]
+    return {
+        "name": name,
+        "ingest": grab(name, r"throughput \(stored uploads\): [\d.]+ files/s, ([\d.]+) MB/s"),
+        "copies": copies,
+        "copy": max(copies) if copies else None,
+        "ratio": grab(name, r"ingest / copy\+fsync: (\d+) %"),
+        "vault": grab(name, r"vault alone \(.*?\), \d+ tasks: [\d.]+ files/s, ([\d.]+) MB/s"),
+        "vault_ratio": grab(name, r"vault alone / copy\+fsync: (\d+) %"),
+        "cpu": grab(name, r"CPU during the load phase: server ([\d.]+) cores"),
+    }
+bulk = [bulk_run(f) for f in bulk_files]
+# The run whose ratio is the median is the one reported in full and in the table.
+median = sorted(bulk, key=lambda r: r["ratio"] if r["ratio"] is not None else -1)[len(bulk) // 2]
+def bulk_table():
+    rows = ["| run | ingest | copy+fsync before / after the uploads | ingest / faster copy | vault alone | vault alone / faster copy | server CPU |",
+            "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in bulk:
+        copies = " / ".join(f"{c:.0f}" for c in r["copies"])
+        rows.append(f"| {r['name'][:-4]} | {r['ingest']:.0f} MB/s | {copies} MB/s | {r['ratio']:.0f} % | {r['vault']:.0f} MB/s | {r['vault_ratio']:.0f} % | {r['cpu']} cores |")
+    return rows
 def targets():
-    ratio = grab("bulk.txt", r"ingest / copy\+fsync: (\d+) %")
-    ingest_mbs = grab("bulk.txt", r"throughput \(stored uploads\): [\d.]+ files/s, ([\d.]+) MB/s")
-    copy_mbs = grab("bulk.txt", r"baseline \(.*\): [\d.]+ files/s, ([\d.]+) MB/s")
-    bulk_cpu = grab("bulk.txt", r"CPU during the load phase: server ([\d.]+) cores")
+    ratio, ingest_mbs, copy_mbs, bulk_cpu = median["ratio"], median["ingest"], median["copy"], median["cpu"]
+    runs_text = ", ".join(f"{r['ratio']:.0f} %" for r in bulk)
     rt_errors = grab("realtime.txt", r"uploads: \d+ attempted, \d+ stored, \d+ discarded \(.*?\), (\d+) errors")
     rt_stored = grab("realtime.txt", r"uploads: \d+ attempted, (\d+) stored")
     rt_p99 = grab("realtime.txt", r"chunk send latency[^:]*: p50 [\d.]+ ms, p90 [\d.]+ ms, p99 ([\d.]+) ms")
@@ -93,7 +123,7 @@ def targets():
         "| --- | --- | --- | --- |",
         f"| vault encrypt ≥ 80 % of raw AES-256-GCM (foundation) | {enc_vault:.0f} MiB/s | {enc_raw:.0f} MiB/s ({enc_vault/enc_raw:.0%}) | {verdict(enc_vault/enc_raw >= 0.8)} |",
         f"| vault decrypt ≥ 80 % of raw AES-256-GCM (foundation) | {dec_vault:.0f} MiB/s | {dec_raw:.0f} MiB/s ({dec_vault/dec_raw:.0%}) | {verdict(dec_vault/dec_raw >= 0.8)} |",
-        f"| bulk ingest ≥ 50 % of copy+fsync (ingest) | {ingest_mbs} MB/s | {copy_mbs} MB/s ({ratio:.0f} %) | {verdict(ratio is not None and ratio >= 50)} |",
+        f"| bulk ingest ≥ 50 % of copy+fsync (ingest; median of {len(bulk)} runs, against the faster of two copies) | {ingest_mbs} MB/s | {copy_mbs} MB/s ({ratio:.0f} %; runs: {runs_text}) | {verdict(ratio is not None and ratio >= 50)} |",
         f"| 500 live calls: zero errors (ingest) | {rt_errors:.0f} errors, {rt_stored:.0f} stored | 0 | {verdict(rt_errors == 0)} |",
         f"| 500 live calls: p99 chunk latency < 100 ms (ingest) | {rt_p99} ms | 100 ms | {verdict(rt_p99 is not None and rt_p99 < 100)} |",
         f"| 500 live calls: server peak RSS < 150 MiB (ingest) | {rt_rss} MiB | 150 MiB | {verdict(rt_rss is not None and rt_rss < 150)} |",
@@ -134,9 +164,16 @@ lines = [
     "",
     "## Ingest over HTTPS (load generator, release server)",
     "",
-    "Bulk: 8 kHz µ-law one-minute WAVs, 8 streams, against copying the same files with write+fsync.",
+    "Bulk: 8 kHz µ-law one-minute WAVs, 8 streams, against copying the same files with write+fsync "
+    "(8 threads, just before and just after the uploads; the faster copy is the reference), and against "
+    "the vault alone: the same files hashed and written through `BlobWriter` (AES-256-GCM, fsync, rename, "
+    "directory fsync) in the load generator's process, without TLS, HTTP, probing or the catalog.",
     "",
-    "```text", read("bulk.txt").strip(), "```",
+    *bulk_table(),
+    "",
+    f"The median run ({median['name'][:-4]}) in full:",
+    "",
+    "```text", read(median["name"]).strip(), "```",
     "",
     "Real time: concurrent live calls at 64 kbit/s (target: zero errors, p99 chunk latency < 100 ms, server peak RSS < 150 MiB).",
     "",
