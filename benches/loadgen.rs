@@ -966,6 +966,20 @@ struct Baselines {
 }
 
 impl Baselines {
+    /// Removes the files the baselines wrote. Only now, once every phase has run: ext4 without a
+    /// journal skips recently freed inodes when it creates files, so files deleted between two
+    /// phases would slow the next one.
+    fn remove(&mut self) {
+        for baseline in [&mut self.copy_before, &mut self.copy_after, &mut self.floor] {
+            if let Err(e) = std::fs::remove_dir_all(&baseline.dir) {
+                let dir = baseline.dir.display();
+                baseline
+                    .error
+                    .get_or_insert(format!("cannot remove {dir}: {e}"));
+            }
+        }
+    }
+
     /// The faster copy: the harder reference.
     fn copy(&self) -> &Baseline {
         match self.copy_after.rates().1 > self.copy_before.rates().1 {
@@ -981,6 +995,8 @@ struct Baseline {
     files: u64,
     bytes: u64,
     error: Option<String>,
+    /// CPU time all processors spent busy meanwhile, in seconds.
+    busy_cpu_s: Option<f64>,
 }
 
 impl Baseline {
@@ -989,15 +1005,23 @@ impl Baseline {
         let secs = self.wall.as_secs_f64().max(1e-9);
         (self.files as f64 / secs, self.bytes as f64 / 1e6 / secs)
     }
+
+    /// "1.23 cores busy, 0.456 ms CPU per file", or nothing if unknown.
+    fn cpu_text(&self) -> String {
+        match self.busy_cpu_s {
+            Some(busy) if self.files > 0 => format!(
+                "; {:.2} cores busy, {:.3} ms CPU per file",
+                busy / self.wall.as_secs_f64().max(1e-9),
+                busy * 1e3 / self.files as f64
+            ),
+            _ => String::new(),
+        }
+    }
 }
 
-fn baseline(
-    pool: &[Bytes],
-    options: &Options,
-    run: &str,
-    parent: &Path,
-) -> Result<Baseline, String> {
-    let dir = parent.join(format!("loadgen-baseline-{run}"));
+/// Writes the files into `dir` with write+fsync; leaves them there (see `Baselines::remove`).
+fn baseline(pool: &[Bytes], options: &Options, run: &str, dir: &Path) -> Result<Baseline, String> {
+    let dir = dir.to_owned();
     std::fs::create_dir_all(&dir).map_err(|e| format!("--baseline-dir {}: {e}", dir.display()))?;
     let files = options.files;
     let next = AtomicU64::new(0);
@@ -1041,17 +1065,14 @@ fn baseline(
         }
     });
     let wall = start.elapsed();
-    let cleanup = std::fs::remove_dir_all(&dir);
-    let mut error = first_error.into_inner().unwrap_or_default();
-    if let Err(e) = cleanup {
-        error.get_or_insert(format!("cannot remove {}: {e}", dir.display()));
-    }
+    let error = first_error.into_inner().unwrap_or_default();
     Ok(Baseline {
         dir,
         wall,
         files: written.into_inner(),
         bytes: bytes.into_inner(),
         error,
+        busy_cpu_s: None,
     })
 }
 
@@ -1069,11 +1090,18 @@ async fn copy_baseline(
         dir.display(),
         options.concurrency
     );
-    let (pool, options, run, dir) = (pool.to_vec(), options.clone(), run.to_owned(), dir.to_owned());
-    tokio::task::spawn_blocking(move || baseline(&pool, &options, &run, &dir))
+    let dir = dir.join(format!(
+        "loadgen-baseline-{run}-{}",
+        when.split(' ').next().unwrap_or("copy")
+    ));
+    let (pool, options, run) = (pool.to_vec(), options.clone(), run.to_owned());
+    let busy_before = busy_seconds();
+    let mut copy = tokio::task::spawn_blocking(move || baseline(&pool, &options, &run, &dir))
         .await
         .map_err(|e| RunError::Usage(format!("baseline: {e}")))?
-        .map_err(RunError::Usage)
+        .map_err(RunError::Usage)?;
+    copy.busy_cpu_s = busy_before.zip(busy_seconds()).map(|(a, b)| b - a);
+    Ok(copy)
 }
 
 /// The vault's own work on the same files, with the same concurrency, in this process: SHA-256
@@ -1092,6 +1120,7 @@ async fn vault_floor(shared: Arc<Shared>, parent: &Path) -> Result<Baseline, Str
     let written = Arc::new(AtomicU64::new(0));
     let bytes = Arc::new(AtomicU64::new(0));
     let next = Arc::new(AtomicU64::new(0));
+    let busy_before = busy_seconds();
     let start = Instant::now();
     let mut tasks = JoinSet::new();
     for _ in 0..shared.options.concurrency {
@@ -1133,15 +1162,14 @@ async fn vault_floor(shared: Arc<Shared>, parent: &Path) -> Result<Baseline, Str
         }
     }
     let wall = start.elapsed();
-    if let Err(e) = std::fs::remove_dir_all(&dir) {
-        error.get_or_insert(format!("cannot remove {}: {e}", dir.display()));
-    }
+    let busy_cpu_s = busy_before.zip(busy_seconds()).map(|(a, b)| b - a);
     Ok(Baseline {
         dir,
         wall,
         files: written.load(Ordering::Relaxed),
         bytes: bytes.load(Ordering::Relaxed),
         error,
+        busy_cpu_s,
     })
 }
 
@@ -1353,11 +1381,13 @@ async fn run(options: Options) -> Result<(), RunError> {
                 options.concurrency
             );
             let floor = vault_floor(shared.clone(), dir).await.map_err(usage)?;
-            Some(Baselines {
+            let mut baselines = Baselines {
                 copy_before,
                 copy_after,
                 floor,
-            })
+            };
+            baselines.remove();
+            Some(baselines)
         }
         _ => None,
     };
@@ -1689,13 +1719,14 @@ impl Summary {
             ] {
                 let (files, mb) = copy.rates();
                 line(format!(
-                    "baseline {when} (write+fsync of the same files under {}, {} threads): {:.2} files/s, {:.2} MB/s ({} files in {:.2} s)",
+                    "baseline {when} (write+fsync of the same files under {}, {} threads): {:.2} files/s, {:.2} MB/s ({} files in {:.2} s{})",
                     copy.dir.display(),
                     self.concurrency,
                     files,
                     mb,
                     copy.files,
-                    copy.wall.as_secs_f64()
+                    copy.wall.as_secs_f64(),
+                    copy.cpu_text()
                 ));
                 if let Some(error) = &copy.error {
                     line(format!("baseline error: {error}"));
@@ -1710,12 +1741,13 @@ impl Summary {
             });
             let (floor_files, floor_mb) = floor.rates();
             line(format!(
-                "vault alone (SHA-256 + BlobWriter: AES-256-GCM, temp file, fsync, rename, dir fsync; no TLS, HTTP, probe or catalog), {} tasks: {:.2} files/s, {:.2} MB/s ({} files in {:.2} s)",
+                "vault alone (SHA-256 + BlobWriter: AES-256-GCM, temp file, fsync, rename, dir fsync; no TLS, HTTP, probe or catalog), {} tasks: {:.2} files/s, {:.2} MB/s ({} files in {:.2} s{})",
                 self.concurrency,
                 floor_files,
                 floor_mb,
                 floor.files,
-                floor.wall.as_secs_f64()
+                floor.wall.as_secs_f64(),
+                floor.cpu_text()
             ));
             if let Some(error) = &floor.error {
                 line(format!("vault alone error: {error}"));
@@ -1756,6 +1788,18 @@ impl Summary {
             cores(r.other_cpu_s()),
             r.cpus
         ));
+        if self.stored > 0
+            && let (Some(server), Some(loadgen), Some(busy)) =
+                (r.server_cpu_s, r.loadgen_cpu_s, r.busy_cpu_s)
+        {
+            let per_file = |seconds: f64| seconds * 1e3 / self.stored as f64;
+            line(format!(
+                "CPU per stored file: server {:.3} ms, loadgen {:.3} ms, all processors busy {:.3} ms",
+                per_file(server),
+                per_file(loadgen),
+                per_file(busy)
+            ));
+        }
         out
     }
 
@@ -1770,6 +1814,7 @@ impl Summary {
                 "files_per_s": round(files),
                 "mb_per_s": round(mb),
                 "error": baseline.error,
+                "busy_cpu_s": baseline.busy_cpu_s.map(round),
             })
         };
         let baseline = self.baseline.as_ref().map(|b| json_of(b.copy()));

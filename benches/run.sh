@@ -26,11 +26,12 @@ files=2000; calls=500; secs=60; bulk_runs=${BULK_RUNS:-3}
 if [ -n "${QUICK:-}" ]; then files=200; calls=50; secs=10; bulk_runs=1; fi
 # Bulk ingest, several runs: the copy baseline of a virtual disk drifts from one minute to the
 # next, so one run proves little. Each run has a fresh server and data directory, and starts
-# 40 s after the previous one's files are deleted (ext4 without a journal skips recently freed
-# inodes, which slows file creation).
+# 65 s after the previous one's files are deleted and synced: ext4 without a journal skips
+# inodes freed in the last 60 s (300 s more while their table block is dirty) when it creates
+# files, which would slow the next run's file creation.
 for run in $(seq 1 "$bulk_runs"); do
   rm -rf "$work/server" "$work/copy"; mkdir -p "$work/server" "$work/copy"
-  if [ "$run" -gt 1 ]; then sleep 40; fi
+  if [ "$run" -gt 1 ]; then sync; sleep 65; fi
   (cd "$work/server" && exec "$OLDPWD/$bin" serve --dev --listen 127.0.0.1:18443 --metrics-listen 127.0.0.1:19464) >"$work/server.log" 2>&1 &
   server_pid=$!
   for _ in $(seq 1 300); do grep -q "callguard ready" "$work/server.log" && break; sleep 0.2; done
@@ -40,7 +41,7 @@ for run in $(seq 1 "$bulk_runs"); do
   kill "$server_pid"; wait "$server_pid" 2>/dev/null || true
   grep -E "ingest / copy" "$work/bulk-$run.txt" | sed "s/^/   bulk run $run: /"
 done
-rm -rf "$work/server"; mkdir -p "$work/server"; sleep 40
+rm -rf "$work/server"; mkdir -p "$work/server"; sync; sleep 65
 (cd "$work/server" && exec "$OLDPWD/$bin" serve --dev --listen 127.0.0.1:18443 --metrics-listen 127.0.0.1:19464) >"$work/server.log" 2>&1 &
 server_pid=$!
 for _ in $(seq 1 300); do grep -q "callguard ready" "$work/server.log" && break; sleep 0.2; done
@@ -95,6 +96,9 @@ def bulk_run(name):
         "vault": grab(name, r"vault alone \(.*?\), \d+ tasks: [\d.]+ files/s, ([\d.]+) MB/s"),
         "vault_ratio": grab(name, r"vault alone / copy\+fsync: (\d+) %"),
         "cpu": grab(name, r"CPU during the load phase: server ([\d.]+) cores"),
+        "copy_ms": min((float(m) for m in re.findall(r"baseline (?:before|after) the uploads .*?([\d.]+) ms CPU per file", text)), default=None),
+        "ingest_ms": grab(name, r"CPU per stored file: .*?all processors busy ([\d.]+) ms"),
+        "file_mb": grab(name, r"\((\d+) bytes each") or 480058,
     }
 bulk = [bulk_run(f) for f in bulk_files]
 # The run whose ratio is the median is the one reported in full and in the table.
@@ -132,13 +136,19 @@ def targets():
         f"| serial ACK p99 < 20 ms at 200 frames/s (alarms) | {serial_p99} ms | 20 ms | {verdict(serial_p99 is not None and serial_p99 < 20)} |",
     ]
     if ratio is not None and ratio < 50:
+        file_bytes = median["file_mb"]
+        seal_ms = file_bytes / (enc_vault * 2**20) * 1e3
+        copy_ms, ingest_ms = median["copy_ms"], median["ingest_ms"]
         rows += [
             "",
-            f"Gap, stated plainly: bulk ingest reached {ratio:.0f} % of the copy, not 50 %. The server is "
-            f"CPU-bound ({bulk_cpu} of 2 cores, the load generator's TLS on the same machine): every byte is "
-            "TLS-decrypted, hashed (SHA-256), probed, AES-256-GCM-sealed and written with fsync, rename and "
-            "directory fsync before its catalog commit, while the baseline only writes and fsyncs from memory "
-            "with 8 threads on a disk whose flushes are absorbed by the host (ext4 without a journal).",
+            f"Gap, stated plainly: bulk ingest reached {ratio:.0f} % of the copy, not 50 %, and the vault alone "
+            f"(no network, no catalog) reached {median['vault_ratio']:.0f} %. Both sides are CPU-bound on the same "
+            f"2 cores: the copy at its fastest cost {copy_ms} ms of CPU per file (the host absorbs the fsyncs), "
+            f"the ingest {ingest_ms} ms (server {bulk_cpu} cores, plus the load generator). Sealing alone "
+            f"(AES-256-GCM with the required aes-gcm crate, {enc_vault:.0f} MiB/s) costs {seal_ms:.2f} ms per file, "
+            "SHA-256 about as much, and TLS adds an encryption in the load generator and a decryption in "
+            "the server: the work the spec requires on top of the copy is already more than the copy itself, "
+            "so 50 % is out of reach on this machine whatever the server does (per-run figures below).",
         ]
     return rows
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "unknown")
