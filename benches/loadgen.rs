@@ -1739,6 +1739,16 @@ impl Summary {
                 ),
                 None => "ingest / copy+fsync: unknown".into(),
             });
+            let (_, after_mb) = baselines.copy_after.rates();
+            if after_mb > 0.0 {
+                // The copy before the uploads often catches a disk that has been idle (a host
+                // absorbs the first GB or so faster); the one after sees the disk as the uploads
+                // left it.
+                line(format!(
+                    "ingest / copy+fsync after the uploads: {:.0} % (the disk in the state the uploads left it)",
+                    self.megabytes_per_second() / after_mb * 100.0
+                ));
+            }
             let (floor_files, floor_mb) = floor.rates();
             line(format!(
                 "vault alone (SHA-256 + BlobWriter: AES-256-GCM, temp file, fsync, rename, dir fsync; no TLS, HTTP, probe or catalog), {} tasks: {:.2} files/s, {:.2} MB/s ({} files in {:.2} s{})",

@@ -93,10 +93,12 @@ def bulk_run(name):
         "copies": copies,
         "copy": max(copies) if copies else None,
         "ratio": grab(name, r"ingest / copy\+fsync: (\d+) %"),
+        "ratio_after": grab(name, r"ingest / copy\+fsync after the uploads: (\d+) %"),
         "vault": grab(name, r"vault alone \(.*?\), \d+ tasks: [\d.]+ files/s, ([\d.]+) MB/s"),
         "vault_ratio": grab(name, r"vault alone / copy\+fsync: (\d+) %"),
         "cpu": grab(name, r"CPU during the load phase: server ([\d.]+) cores"),
-        "copy_ms": min((float(m) for m in re.findall(r"baseline (?:before|after) the uploads .*?([\d.]+) ms CPU per file", text)), default=None),
+        "copy_ms_before": grab(name, r"baseline before the uploads .*?([\d.]+) ms CPU per file"),
+        "copy_ms_after": grab(name, r"baseline after the uploads .*?([\d.]+) ms CPU per file"),
         "ingest_ms": grab(name, r"CPU per stored file: .*?all processors busy ([\d.]+) ms"),
         "file_mb": grab(name, r"\((\d+) bytes each") or 480058,
     }
@@ -104,11 +106,11 @@ bulk = [bulk_run(f) for f in bulk_files]
 # The run whose ratio is the median is the one reported in full and in the table.
 median = sorted(bulk, key=lambda r: r["ratio"] if r["ratio"] is not None else -1)[len(bulk) // 2]
 def bulk_table():
-    rows = ["| run | ingest | copy+fsync before / after the uploads | ingest / faster copy | vault alone | vault alone / faster copy | server CPU |",
-            "| --- | --- | --- | --- | --- | --- | --- |"]
+    rows = ["| run | ingest | copy+fsync before / after the uploads | ingest / faster copy | ingest / copy after | vault alone | vault alone / faster copy | server CPU |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in bulk:
         copies = " / ".join(f"{c:.0f}" for c in r["copies"])
-        rows.append(f"| {r['name'][:-4]} | {r['ingest']:.0f} MB/s | {copies} MB/s | {r['ratio']:.0f} % | {r['vault']:.0f} MB/s | {r['vault_ratio']:.0f} % | {r['cpu']} cores |")
+        rows.append(f"| {r['name'][:-4]} | {r['ingest']:.0f} MB/s | {copies} MB/s | {r['ratio']:.0f} % | {r['ratio_after']:.0f} % | {r['vault']:.0f} MB/s | {r['vault_ratio']:.0f} % | {r['cpu']} cores |")
     return rows
 def targets():
     ratio, ingest_mbs, copy_mbs, bulk_cpu = median["ratio"], median["ingest"], median["copy"], median["cpu"]
@@ -136,19 +138,21 @@ def targets():
         f"| serial ACK p99 < 20 ms at 200 frames/s (alarms) | {serial_p99} ms | 20 ms | {verdict(serial_p99 is not None and serial_p99 < 20)} |",
     ]
     if ratio is not None and ratio < 50:
-        file_bytes = median["file_mb"]
-        seal_ms = file_bytes / (enc_vault * 2**20) * 1e3
-        copy_ms, ingest_ms = median["copy_ms"], median["ingest_ms"]
+        seal_ms = median["file_mb"] / (enc_vault * 2**20) * 1e3
+        before_ms, after_ms = median["copy_ms_before"], median["copy_ms_after"]
         rows += [
             "",
-            f"Gap, stated plainly: bulk ingest reached {ratio:.0f} % of the copy, not 50 %, and the vault alone "
-            f"(no network, no catalog) reached {median['vault_ratio']:.0f} %. Both sides are CPU-bound on the same "
-            f"2 cores: the copy at its fastest cost {copy_ms} ms of CPU per file (the host absorbs the fsyncs), "
-            f"the ingest {ingest_ms} ms (server {bulk_cpu} cores, plus the load generator). Sealing alone "
-            f"(AES-256-GCM with the required aes-gcm crate, {enc_vault:.0f} MiB/s) costs {seal_ms:.2f} ms per file, "
-            "SHA-256 about as much, and TLS adds an encryption in the load generator and a decryption in "
-            "the server: the work the spec requires on top of the copy is already more than the copy itself, "
-            "so 50 % is out of reach on this machine whatever the server does (per-run figures below).",
+            f"Gap, stated plainly: bulk ingest reached {ratio:.0f} % of the faster copy (median of the runs), "
+            f"not 50 %; {median['ratio_after']:.0f} % of the copy made right after the uploads. The two copies "
+            "differ because this virtual disk takes the first GB or so after a pause much faster "
+            f"(copy before the uploads: {before_ms} ms of CPU per file; after: {after_ms} ms), and the uploads "
+            f"write their GB after the first copy's. Everything is CPU-bound on the same 2 cores: the ingest "
+            f"cost {median['ingest_ms']} ms of CPU per file (server {bulk_cpu} cores, plus the load generator). "
+            "On top of what a copy does, the spec requires SHA-256 of every byte, AES-256-GCM with the "
+            f"required aes-gcm crate ({enc_vault:.0f} MiB/s: {seal_ms:.2f} ms per file), TLS encryption in the "
+            "load generator and decryption in the server, and durable rename, directory fsync and catalog "
+            f"commit; the vault alone (no network, no catalog) reached {median['vault_ratio']:.0f} % of the "
+            "faster copy.",
         ]
     return rows
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "unknown")
