@@ -1137,6 +1137,7 @@ async fn vault_floor(shared: Arc<Shared>, parent: &Path) -> Result<Baseline, Str
                 file.extend_from_slice(&audio);
                 let key = DataKey::generate().map_err(|e| e.to_string())?;
                 let mut writer = BlobWriter::create(&vault, BlobId::generate(), &key, u64::MAX)
+                    .await
                     .map_err(|e| e.to_string())?;
                 let mut hasher = sha2::Sha256::new();
                 for frame in file.chunks(BULK_FRAME) {

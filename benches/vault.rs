@@ -133,8 +133,9 @@ fn store(c: &mut Criterion) {
     group.bench_function("vault_write_fsync", |b| {
         b.iter(|| {
             runtime.block_on(async {
-                let mut writer =
-                    BlobWriter::create(&vault, BlobId::generate(), &key, u64::MAX).unwrap();
+                let mut writer = BlobWriter::create(&vault, BlobId::generate(), &key, u64::MAX)
+                    .await
+                    .unwrap();
                 for piece in data.chunks(256 * 1024) {
                     writer.write(piece).await.unwrap();
                 }

@@ -564,7 +564,9 @@ mod tests {
         let vault = Vault::open(&dir.path().join("vault")).unwrap();
         let key = DataKey::generate().unwrap();
         let write = async |id: BlobId| {
-            let mut writer = BlobWriter::create(&vault, id, &key, u64::MAX).unwrap();
+            let mut writer = BlobWriter::create(&vault, id, &key, u64::MAX)
+                .await
+                .unwrap();
             writer.write(b"some audio").await.unwrap();
             writer.finish().await.unwrap();
         };
@@ -583,9 +585,10 @@ mod tests {
                 .insert_recording(row, AuditDraft::system("recording.ingest", ""), now)
                 .unwrap();
         }
-        let mut unfinished =
-            BlobWriter::create(&vault, BlobId::generate(), &key, u64::MAX).unwrap();
-        // Enough for a first batch to reach the temporary file (it is created by that write).
+        let mut unfinished = BlobWriter::create(&vault, BlobId::generate(), &key, u64::MAX)
+            .await
+            .unwrap();
+        // More than a write batch: sealed chunks are in the temporary file when it "crashes".
         unfinished.write(&vec![7u8; 300 * 1024]).await.unwrap();
         std::mem::forget(unfinished);
 
@@ -617,7 +620,9 @@ mod tests {
         let vault = Vault::open(&dir.path().join("vault")).unwrap();
         let key = DataKey::generate().unwrap();
         let write = async |id: BlobId| {
-            let mut writer = BlobWriter::create_quarantine(&vault, id, &key, u64::MAX).unwrap();
+            let mut writer = BlobWriter::create_quarantine(&vault, id, &key, u64::MAX)
+                .await
+                .unwrap();
             writer.write(b"not audio").await.unwrap();
             writer.finish().await.unwrap();
         };

@@ -201,7 +201,7 @@ impl Pipeline {
 
         let id = BlobId::generate();
         let (key, wrapped_key) = self.keyring.new_recording_key(&id)?;
-        let mut writer = BlobWriter::create(&self.vault, id, &key, self.max_bytes)?;
+        let mut writer = BlobWriter::create(&self.vault, id, &key, self.max_bytes).await?;
         let mut prober = Prober::start(hint);
         let mut hasher = Sha256::new();
         let mut source = source;

@@ -1225,7 +1225,7 @@ async fn store_in_quarantine(context: &Context, item: &QuarantineItem) -> Result
     let id = item.id;
     let id_text = id.to_string();
     let (key, wrapped_key) = pipeline.keyring.new_key(&format!("quarantine/{id_text}"))?;
-    let mut writer = BlobWriter::create_quarantine(&pipeline.vault, id, &key, u64::MAX)?;
+    let mut writer = BlobWriter::create_quarantine(&pipeline.vault, id, &key, u64::MAX).await?;
     let mut hasher = Sha256::new();
     let mut source = chunks(file);
     while let Some(chunk) = source.next().await {

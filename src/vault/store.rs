@@ -28,14 +28,14 @@ pub struct SealedBlob {
 /// call: memory stays at one chunk) and in batches of up to `WRITE_BATCH` when it is fast (a
 /// bulk upload: a thread hand-off per 256 KiB instead of per chunk, in a buffer reused from the
 /// vault's pool); the last batch, the fsync, the rename and the directory fsync share one
-/// hand-off. The temporary file is created by the first of these writes, not by a hand-off of
-/// its own.
+/// hand-off.
 pub struct BlobWriter {
     id: BlobId,
     header: Header,
     cipher: Aes256Gcm,
-    /// The temporary file once created; moved into a blocking task for each write and back.
-    file: TempFile,
+    /// The temporary file; moved into a blocking task for each write and back (`None` while
+    /// lent, and for good once finished or failed).
+    file: Option<std::fs::File>,
     /// Removes the temporary file unless `finish` renamed it.
     temp: DeleteOnDrop,
     final_path: PathBuf,
@@ -52,15 +52,6 @@ pub struct BlobWriter {
     next_index: u64,
     plaintext_len: u64,
     limit: u64,
-}
-
-/// The temporary file of a `BlobWriter`.
-enum TempFile {
-    /// Not created yet: no chunk has been written.
-    Absent,
-    Open(std::fs::File),
-    /// Lent to a blocking write that did not come back (it failed), or finished.
-    Gone,
 }
 
 /// Most sealed bytes gathered before a write.
@@ -106,19 +97,20 @@ impl BufferPool {
 }
 
 impl BlobWriter {
-    /// Prepares blob `id`, encrypted under `key`; its temporary file is created by the first
-    /// write.
-    pub fn create(
+    /// Creates the temporary file for blob `id`, encrypted under `key`. The file exists from
+    /// now on: an upload past its admission is visible in `vault/tmp/` (encrypted) until it is
+    /// finished or dropped.
+    pub async fn create(
         vault: &Vault,
         id: BlobId,
         key: &DataKey,
         limit: u64,
     ) -> Result<BlobWriter, VaultError> {
-        BlobWriter::create_at(vault, id, key, limit, vault.blob_path(&id))
+        BlobWriter::create_at(vault, id, key, limit, vault.blob_path(&id)).await
     }
 
     /// Same, for a quarantined file (`vault/quarantine/<id>.cgv`); same format and guarantees.
-    pub fn create_quarantine(
+    pub async fn create_quarantine(
         vault: &Vault,
         id: BlobId,
         key: &DataKey,
@@ -131,9 +123,10 @@ impl BlobWriter {
             limit,
             vault.quarantine_path(&id.to_string()),
         )
+        .await
     }
 
-    fn create_at(
+    async fn create_at(
         vault: &Vault,
         id: BlobId,
         key: &DataKey,
@@ -150,14 +143,21 @@ impl BlobWriter {
         let temp_path = vault
             .temp_dir()
             .join(format!("{id}-{}.tmp", hex::encode(suffix)));
+        let temp = DeleteOnDrop(Some(temp_path.clone()));
+        let file = tokio::task::spawn_blocking(move || create_temp(&temp_path))
+            .await
+            .map_err(|join| VaultError::Write {
+                path: vault.temp_dir(),
+                source: std::io::Error::other(join.to_string()),
+            })??;
         let mut buffer = Vec::with_capacity(HEADER_LEN + vault.chunk_size() as usize + TAG_LEN);
         buffer.extend_from_slice(&header.encode());
         Ok(BlobWriter {
             id,
             header,
             cipher: key.cipher(),
-            file: TempFile::Absent,
-            temp: DeleteOnDrop(Some(temp_path)),
+            file: Some(file),
+            temp,
             final_path,
             sealed_len: buffer.len(),
             buffer,
@@ -223,10 +223,7 @@ impl BlobWriter {
                 path: temp_path.clone(),
                 source,
             };
-            let mut file = match file {
-                Some(file) => file,
-                None => create_temp(&temp_path)?,
-            };
+            let mut file = file;
             file.write_all(&buffer).map_err(write_error)?;
             file.sync_all().map_err(write_error)?;
             drop(file);
@@ -298,16 +295,12 @@ impl BlobWriter {
         Ok(())
     }
 
-    /// The open file for a blocking write (`None`: not created yet, the write creates it).
-    fn lend_file(&mut self) -> Result<Option<std::fs::File>, VaultError> {
-        match std::mem::replace(&mut self.file, TempFile::Gone) {
-            TempFile::Absent => Ok(None),
-            TempFile::Open(file) => Ok(Some(file)),
-            TempFile::Gone => Err(VaultError::Write {
-                path: self.temp.path().to_owned(),
-                source: std::io::Error::other("invariant: writer already finished or failed"),
-            }),
-        }
+    /// The open file, for a blocking write.
+    fn lend_file(&mut self) -> Result<std::fs::File, VaultError> {
+        self.file.take().ok_or_else(|| VaultError::Write {
+            path: self.temp.path().to_owned(),
+            source: std::io::Error::other("invariant: writer already finished or failed"),
+        })
     }
 
     /// Writes the sealed bytes (the whole buffer: no chunk is open) to the file.
@@ -317,7 +310,7 @@ impl BlobWriter {
         // The buffer moves to the blocking write and comes back as the next one: no copy.
         let (file, mut buffer) =
             write_blocking(file, path, std::mem::take(&mut self.buffer)).await?;
-        self.file = TempFile::Open(file);
+        self.file = Some(file);
         let one_chunk = self.header.chunk_size as usize + TAG_LEN;
         if buffer.capacity() > 2 * one_chunk && buffer.len() <= one_chunk {
             // A stream that slowed down gives back its batch buffer.
@@ -366,23 +359,16 @@ fn rename_into_place(temp: &Path, dest: &Path) -> Result<(), VaultError> {
     }
 }
 
-/// Writes `buffer` to `file` (creating the temporary file at `path` first if `file` is `None`)
-/// on a blocking thread; hands both back. On error the file is gone (the writer fails, and its
-/// guard removes the temporary path).
+/// Writes `buffer` to `file` on a blocking thread; hands both back. On error the file is gone
+/// (the writer fails, and its guard removes the temporary path).
 async fn write_blocking(
-    file: Option<std::fs::File>,
+    mut file: std::fs::File,
     path: PathBuf,
     buffer: Vec<u8>,
 ) -> Result<(std::fs::File, Vec<u8>), VaultError> {
-    let outcome = tokio::task::spawn_blocking(move || {
-        let mut file = match file {
-            Some(file) => file,
-            None => create_temp(&path)?,
-        };
-        match file.write_all(&buffer) {
-            Ok(()) => Ok((file, buffer)),
-            Err(source) => Err(VaultError::Write { path, source }),
-        }
+    let outcome = tokio::task::spawn_blocking(move || match file.write_all(&buffer) {
+        Ok(()) => Ok((file, buffer)),
+        Err(source) => Err(VaultError::Write { path, source }),
     })
     .await;
     match outcome {
@@ -641,7 +627,9 @@ mod tests {
     }
 
     async fn write_blob(vault: &Vault, key: &DataKey, data: &[u8], piece: usize) -> SealedBlob {
-        let mut writer = BlobWriter::create(vault, BlobId::generate(), key, u64::MAX).unwrap();
+        let mut writer = BlobWriter::create(vault, BlobId::generate(), key, u64::MAX)
+            .await
+            .unwrap();
         for part in data.chunks(piece.max(1)) {
             writer.write(part).await.unwrap();
         }
@@ -721,7 +709,9 @@ mod tests {
         let key = DataKey::generate().unwrap();
         let len = 100 << 20;
         let block = pattern(1 << 20);
-        let mut writer = BlobWriter::create(&vault, BlobId::generate(), &key, u64::MAX).unwrap();
+        let mut writer = BlobWriter::create(&vault, BlobId::generate(), &key, u64::MAX)
+            .await
+            .unwrap();
         for _ in 0..100 {
             writer.write(&block).await.unwrap();
         }
@@ -812,11 +802,13 @@ mod tests {
         let (_dir, vault) = vault(64);
         let key = DataKey::generate().unwrap();
         let secret = b"PLAINTEXT-AUDIO-MARKER".repeat(20);
-        // More than a write batch: the temporary file exists by the end of the `write`.
+        // More than a write batch: sealed chunks reach the temporary file during the `write`.
         let long_secret = b"PLAINTEXT-AUDIO-MARKER".repeat(15_000);
 
         // Dropped before finish (client went away, error): the guard removes the temp file.
-        let mut writer = BlobWriter::create(&vault, BlobId::generate(), &key, u64::MAX).unwrap();
+        let mut writer = BlobWriter::create(&vault, BlobId::generate(), &key, u64::MAX)
+            .await
+            .unwrap();
         writer.write(&long_secret).await.unwrap();
         assert_eq!(
             std::fs::read_dir(vault.dir().join("tmp")).unwrap().count(),
@@ -829,7 +821,9 @@ mod tests {
         );
 
         // Crash mid-write (no destructor runs): a temp file remains, encrypted; recovery removes it.
-        let mut writer = BlobWriter::create(&vault, BlobId::generate(), &key, u64::MAX).unwrap();
+        let mut writer = BlobWriter::create(&vault, BlobId::generate(), &key, u64::MAX)
+            .await
+            .unwrap();
         writer.write(&long_secret).await.unwrap();
         writer.write(&secret).await.unwrap();
         std::mem::forget(writer);
@@ -867,7 +861,9 @@ mod tests {
         let id = BlobId::generate();
         std::fs::remove_dir(vault.blob_path(&id).parent().unwrap()).unwrap();
         let data = pattern(100_000);
-        let mut writer = BlobWriter::create(&vault, id, &key, u64::MAX).unwrap();
+        let mut writer = BlobWriter::create(&vault, id, &key, u64::MAX)
+            .await
+            .unwrap();
         writer.write(&data).await.unwrap();
         writer.finish().await.unwrap();
         assert_eq!(read_all(&vault, id, &key), data);
@@ -898,7 +894,9 @@ mod tests {
     async fn the_size_limit_is_enforced_while_streaming() {
         let (_dir, vault) = vault(64);
         let key = DataKey::generate().unwrap();
-        let mut writer = BlobWriter::create(&vault, BlobId::generate(), &key, 100).unwrap();
+        let mut writer = BlobWriter::create(&vault, BlobId::generate(), &key, 100)
+            .await
+            .unwrap();
         writer.write(&[0u8; 100]).await.unwrap();
         assert!(matches!(
             writer.write(&[0u8; 1]).await,
