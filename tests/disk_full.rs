@@ -152,6 +152,46 @@ async fn spool_line(client: &Client) -> String {
         .to_owned()
 }
 
+/// Polls the spool's status line until `done(line, logged failures)` holds; returns the line.
+async fn until_spool(
+    instance: &Instance,
+    dpo: &Client,
+    what: &str,
+    done: impl Fn(&str, usize) -> bool,
+) -> String {
+    until(instance, what, || async {
+        let line = spool_line(dpo).await;
+        done(&line, spool_failures(instance).len()).then_some(line)
+    })
+    .await
+}
+
+/// Asserts SPEC §5.1's answer for a full disk.
+fn assert_full(response: &Response) {
+    assert_eq!(
+        (response.status, response.code().as_str()),
+        (507, "insufficient_storage"),
+        "{}",
+        text(response)
+    );
+}
+
+/// Uploads `audio` as call `call_id`, caller 06 12 34 56 78.
+async fn upload(recorder: &Client, call_id: &str, audio: &[u8]) -> Response {
+    ok(
+        call_id,
+        recorder.upload(&metadata(call_id, "0612345678"), "call.wav", audio),
+    )
+    .await
+}
+
+/// Same, expecting `201`: the new recording's id.
+async fn upload_new(recorder: &Client, call_id: &str, audio: &[u8]) -> String {
+    let response = upload(recorder, call_id, audio).await;
+    assert_eq!(response.status, 201, "{call_id}: {}", text(&response));
+    response.json()["id"].as_str().unwrap().to_owned()
+}
+
 /// Log lines of spool jobs that failed (and will be retried).
 fn spool_failures(instance: &Instance) -> Vec<String> {
     instance
@@ -310,27 +350,11 @@ fn a_full_disk_refuses_uploads_keeps_spool_files_waiting_and_catches_up_when_spa
         let recorder = instance.client("recorder");
         let dpo = instance.client("dpo");
         let supervisor = instance.client("supervisor");
-        let response = ok(
-            "first",
-            recorder.upload(&metadata("first", "0612345678"), "call.wav", &first),
-        )
-        .await;
-        assert_eq!(response.status, 201, "{}", text(&response));
-        let first_id = response.json()["id"].as_str().unwrap().to_owned();
+        let first_id = upload_new(&recorder, "first", &first).await;
 
         // The disk fills up: uploads, sized or streamed, are refused and leave nothing.
         tmpfs.fill_leaving(HEADROOM);
-        let response = ok(
-            "sized upload",
-            recorder.upload(&metadata("http-sized", "0612345678"), "call.wav", &sized),
-        )
-        .await;
-        assert_eq!(
-            (response.status, response.code().as_str()),
-            (507, "insufficient_storage"),
-            "{}",
-            text(&response)
-        );
+        assert_full(&upload(&recorder, "http-sized", &sized).await);
         let upload = recorder
             .start_upload(&metadata("http-streamed", "0612345678"), "call.wav")
             .await
@@ -340,13 +364,7 @@ fn a_full_disk_refuses_uploads_keeps_spool_files_waiting_and_catches_up_when_spa
                 break;
             }
         }
-        let response = upload.finish().await.unwrap();
-        assert_eq!(
-            (response.status, response.code().as_str()),
-            (507, "insufficient_storage"),
-            "{}",
-            text(&response)
-        );
+        assert_full(&upload.finish().await.unwrap());
         assert!(temp_files(&instance.setup.data).is_empty());
         assert_eq!(
             vault_ids(&instance.setup.data),
@@ -369,17 +387,12 @@ fn a_full_disk_refuses_uploads_keeps_spool_files_waiting_and_catches_up_when_spa
         for (name, bytes) in &spool_files {
             std::fs::write(spool.join(name), bytes).unwrap();
         }
-        let line = until(&instance, "both spool recordings failed twice", || {
-            let dpo = dpo.clone();
-            let n_failures = spool_failures(&instance).len();
-            async move {
-                let line = spool_line(&dpo).await;
-                match n_failures >= 4 && line.contains("2 retrying") {
-                    true => Some(line),
-                    false => None,
-                }
-            }
-        })
+        let line = until_spool(
+            &instance,
+            &dpo,
+            "both spool recordings failed twice",
+            |line, n| n >= 4 && line.contains("2 retrying"),
+        )
         .await;
         assert!(line.contains("0 ingested, 0 quarantined"), "{line}");
         for failure in spool_failures(&instance) {
@@ -397,27 +410,21 @@ fn a_full_disk_refuses_uploads_keeps_spool_files_waiting_and_catches_up_when_spa
 
         // Space returns: the spool catches up on its own and uploads work again.
         tmpfs.free();
-        until(&instance, "the spool emptied and both ingested", || {
-            let dpo = dpo.clone();
-            let emptied = files_under(&spool).is_empty();
-            async move {
-                let line = spool_line(&dpo).await;
-                match emptied && line.contains("2 ingested") && !line.contains("retrying") {
-                    true => Some(()),
-                    false => None,
-                }
-            }
-        })
+        until_spool(
+            &instance,
+            &dpo,
+            "the spool emptied and both ingested",
+            |line, _| {
+                files_under(&spool).is_empty()
+                    && line.contains("2 ingested")
+                    && !line.contains("retrying")
+            },
+        )
         .await;
         assert_stored(&dpo, "spool-sidecar-1", &with_sidecar).await;
         assert_stored(&dpo, "1700000000.601", &named).await;
         for (call_id, audio) in [("http-sized", &sized), ("http-streamed", &streamed)] {
-            let response = ok(
-                call_id,
-                recorder.upload(&metadata(call_id, "0612345678"), "call.wav", audio),
-            )
-            .await;
-            assert_eq!(response.status, 201, "{call_id}: {}", text(&response));
+            upload_new(&recorder, call_id, audio).await;
             assert_stored(&dpo, call_id, audio).await;
         }
         assert_consistent(&instance, &dpo, 5).await;
@@ -445,13 +452,7 @@ fn a_full_catalog_answers_507_rolls_back_and_works_again_when_space_returns() {
         let recorder = instance.client("recorder");
         let dpo = instance.client("dpo");
         let legal = instance.client("legal");
-        let response = ok(
-            "first",
-            recorder.upload(&metadata("first", "0612345678"), "call.wav", &first),
-        )
-        .await;
-        assert_eq!(response.status, 201, "{}", text(&response));
-        let first_id = response.json()["id"].as_str().unwrap().to_owned();
+        let first_id = upload_new(&recorder, "first", &first).await;
         let blob = files_under(&instance.setup.data.join("vault"))
             .into_iter()
             .find(|path| {
@@ -479,31 +480,9 @@ fn a_full_catalog_answers_507_rolls_back_and_works_again_when_space_returns() {
             "an audio read must be audited first: {}",
             text(&read)
         );
-        let placed = ok("hold", legal.post_json("/v1/holds", &hold)).await;
-        assert_eq!(
-            (placed.status, placed.code().as_str()),
-            (507, "insufficient_storage"),
-            "{}",
-            text(&placed)
-        );
-        let objected = ok("objection", dpo.post_json("/v1/objections", &objection)).await;
-        assert_eq!(
-            (objected.status, objected.code().as_str()),
-            (507, "insufficient_storage"),
-            "{}",
-            text(&objected)
-        );
-        let response = ok(
-            "second",
-            recorder.upload(&metadata("second", "0612345678"), "call.wav", &second),
-        )
-        .await;
-        assert_eq!(
-            (response.status, response.code().as_str()),
-            (507, "insufficient_storage"),
-            "{}",
-            text(&response)
-        );
+        assert_full(&ok("hold", legal.post_json("/v1/holds", &hold)).await);
+        assert_full(&ok("objection", dpo.post_json("/v1/objections", &objection)).await);
+        assert_full(&upload(&recorder, "second", &second).await);
         let holds = ok("holds", legal.get("/v1/holds")).await;
         assert_eq!(holds.status, 200, "{}", text(&holds));
         assert_eq!(holds.json()["items"], json!([]));
@@ -518,18 +497,8 @@ fn a_full_catalog_answers_507_rolls_back_and_works_again_when_space_returns() {
         // fails (SQLITE_FULL), and the blob is removed again.
         tmpfs.free();
         tmpfs.fill_leaving(blob_pages);
-        let response = ok(
-            "second",
-            recorder.upload(&metadata("second", "0612345678"), "call.wav", &second),
-        )
-        .await;
         // SPEC §5.1: the catalog's SQLITE_FULL at commit is a full disk too (507).
-        assert_eq!(
-            (response.status, response.code().as_str()),
-            (507, "insufficient_storage"),
-            "{}",
-            text(&response)
-        );
+        assert_full(&upload(&recorder, "second", &second).await);
         assert!(
             instance.log().contains("database or disk is full"),
             "{}",
@@ -545,16 +514,8 @@ fn a_full_catalog_answers_507_rolls_back_and_works_again_when_space_returns() {
 
         // The same for a spool file: it fails at the commit, stays and is retried.
         std::fs::write(spool.join(&spool_name), &from_spool).unwrap();
-        until(&instance, "the spool file failed twice", || {
-            let dpo = dpo.clone();
-            let n_failures = spool_failures(&instance).len();
-            async move {
-                let line = spool_line(&dpo).await;
-                match n_failures >= 2 && line.contains("1 retrying") {
-                    true => Some(()),
-                    false => None,
-                }
-            }
+        until_spool(&instance, &dpo, "the spool file failed twice", |line, n| {
+            n >= 2 && line.contains("1 retrying")
         })
         .await;
         for failure in spool_failures(&instance) {
@@ -565,16 +526,8 @@ fn a_full_catalog_answers_507_rolls_back_and_works_again_when_space_returns() {
 
         // Space returns: everything refused works, the spool file is ingested.
         tmpfs.free();
-        until(&instance, "the spool file ingested", || {
-            let dpo = dpo.clone();
-            let emptied = files_under(&spool).is_empty();
-            async move {
-                let line = spool_line(&dpo).await;
-                match emptied && line.contains("1 ingested") {
-                    true => Some(()),
-                    false => None,
-                }
-            }
+        until_spool(&instance, &dpo, "the spool file ingested", |line, _| {
+            files_under(&spool).is_empty() && line.contains("1 ingested")
         })
         .await;
         assert_stored(&dpo, "1700000000.602", &from_spool).await;
@@ -587,12 +540,7 @@ fn a_full_catalog_answers_507_rolls_back_and_works_again_when_space_returns() {
         assert_eq!(objected.status, 201, "{}", text(&objected));
         let objections = ok("objections", dpo.get("/v1/objections")).await;
         assert_eq!(objections.json()["items"].as_array().unwrap().len(), 1);
-        let response = ok(
-            "second",
-            recorder.upload(&metadata("second", "0612345678"), "call.wav", &second),
-        )
-        .await;
-        assert_eq!(response.status, 201, "{}", text(&response));
+        upload_new(&recorder, "second", &second).await;
         assert_stored(&dpo, "second", &second).await;
         assert_consistent(&instance, &dpo, 3).await;
     });

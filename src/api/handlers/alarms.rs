@@ -9,7 +9,7 @@ use hyper::{Response, StatusCode};
 use crate::alarms::cases::CaseError;
 use crate::alarms::frame::EventCode;
 use crate::api::error::ApiError;
-use crate::api::{AppState, Body, Request, json, page, text_field};
+use crate::api::{AppState, Body, Caller, Request, json, page, text_field};
 use crate::audit::chain::{AuditDraft, Outcome, format_time};
 use crate::catalog::alarms::CaseChange;
 use crate::contacts::{self, ContactError};
@@ -229,20 +229,7 @@ pub(super) async fn put(
         .await?;
     let list = contacts::parse_list(&body).map_err(contact_error)?;
     let n = list.len();
-    let now = state.clock.now();
-    let previous = blocking(state, move |state| {
-        contacts::replace(
-            &state.catalog,
-            &state.keyring,
-            &account,
-            Some(&list),
-            &caller.cn,
-            caller.role.as_str(),
-            now,
-        )
-        .map_err(contact_error)
-    })
-    .await?;
+    let previous = replace_contacts(state, &caller, account, Some(list)).await?;
     Ok(json(
         StatusCode::OK,
         &serde_json::json!({ "contacts": n, "replaced": previous }),
@@ -256,22 +243,34 @@ pub(super) async fn delete(
     account: String,
 ) -> Result<Response<Body>, ApiError> {
     let caller = request.caller.clone();
-    let now = state.clock.now();
-    let previous = blocking(state, move |state| {
-        contacts::replace(
-            &state.catalog,
-            &state.keyring,
-            &account,
-            None,
-            &caller.cn,
-            caller.role.as_str(),
-            now,
-        )
-        .map_err(contact_error)
-    })
-    .await?;
+    let previous = replace_contacts(state, &caller, account, None).await?;
     Ok(json(
         StatusCode::OK,
         &serde_json::json!({ "deleted": previous }),
     ))
+}
+
+/// Replaces the account's trusted contacts with `list` (`None`: ends them all); returns how
+/// many designations the previous list had.
+async fn replace_contacts(
+    state: &Arc<AppState>,
+    caller: &Caller,
+    account: String,
+    list: Option<Vec<contacts::Contact>>,
+) -> Result<u64, ApiError> {
+    let (cn, role) = (caller.cn.clone(), caller.role);
+    let now = state.clock.now();
+    blocking(state, move |state| {
+        contacts::replace(
+            &state.catalog,
+            &state.keyring,
+            &account,
+            list.as_deref(),
+            &cn,
+            role.as_str(),
+            now,
+        )
+        .map_err(contact_error)
+    })
+    .await
 }

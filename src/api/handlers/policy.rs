@@ -14,9 +14,9 @@ use crate::api::{
     AppState, Body, ChannelWriter, Request, channel_body, json, limit_param, paged, text_field,
 };
 use crate::audit::chain::{AuditDraft, Outcome, format_time};
-use crate::catalog::AuditFilter;
 use crate::catalog::policy::{Deletion, HoldRow, HoldSelector};
 use crate::catalog::recordings::{Lookup, RecordingFilter, RecordingRow};
+use crate::catalog::{AuditFilter, Catalog, CatalogError};
 use crate::ingest::metadata::PhoneNumber;
 use crate::ingest::{ACCOUNT_DOMAIN, open_personal};
 use crate::objections::{CALLER_DOMAIN, Objections, Source};
@@ -49,6 +49,27 @@ where
     .await
     .map_err(|e| ApiError::Internal(e.to_string()))?
     .map_err(ApiError::from)
+}
+
+/// The rows of one page of a cursor-paginated list, and the page size: `limit` and `cursor` from
+/// the query string, then `fetch(catalog, cursor, limit + 1)` on a blocking thread (the extra
+/// row tells `paged` whether a next page exists).
+async fn list_rows<R, F>(
+    state: &Arc<AppState>,
+    request: &Request,
+    fetch: F,
+) -> Result<(Vec<R>, usize), ApiError>
+where
+    R: Send + 'static,
+    F: FnOnce(&Catalog, Option<&str>, usize) -> Result<Vec<R>, CatalogError> + Send + 'static,
+{
+    let limit = limit_param(request)?;
+    let after = request.param("cursor").map(str::to_owned);
+    let rows = state
+        .catalog
+        .call(move |catalog| fetch(catalog, after.as_deref(), limit + 1))
+        .await?;
+    Ok((rows, limit))
 }
 
 /// `POST /v1/objections` (dpo, operator).
@@ -126,12 +147,7 @@ pub(super) async fn objection_list(
     state: &Arc<AppState>,
     request: Request,
 ) -> Result<Response<Body>, ApiError> {
-    let limit = limit_param(&request)?;
-    let after = request.param("cursor").map(str::to_owned);
-    let rows = state
-        .catalog
-        .call(move |catalog| catalog.objection_list(after.as_deref(), limit + 1))
-        .await?;
+    let (rows, limit) = list_rows(state, &request, Catalog::objection_list).await?;
     let item = |row: &crate::catalog::policy::ObjectionRow| {
         serde_json::json!({
             "id": row.id,
@@ -307,12 +323,7 @@ pub(super) async fn hold_list(
     state: &Arc<AppState>,
     request: Request,
 ) -> Result<Response<Body>, ApiError> {
-    let limit = limit_param(&request)?;
-    let after = request.param("cursor").map(str::to_owned);
-    let rows = state
-        .catalog
-        .call(move |catalog| catalog.hold_list(after.as_deref(), limit + 1))
-        .await?;
+    let (rows, limit) = list_rows(state, &request, Catalog::hold_list).await?;
     Ok(paged(&rows, limit, hold_json, |row| row.id.clone()))
 }
 
@@ -626,12 +637,7 @@ pub(super) async fn quarantine_list(
     state: &Arc<AppState>,
     request: Request,
 ) -> Result<Response<Body>, ApiError> {
-    let limit = limit_param(&request)?;
-    let after = request.param("cursor").map(str::to_owned);
-    let rows = state
-        .catalog
-        .call(move |catalog| catalog.quarantine_list(after.as_deref(), limit + 1))
-        .await?;
+    let (rows, limit) = list_rows(state, &request, Catalog::quarantine_list).await?;
     let item = |row: &crate::catalog::policy::QuarantineRow| {
         let name = state
             .keyring
