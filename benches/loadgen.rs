@@ -1042,7 +1042,7 @@ fn baseline(pool: &[Bytes], options: &Options, run: &str, dir: &Path) -> Result<
                     let path = dir.join(format!("load-{run}-{number}.wav"));
                     let result = std::fs::File::create(&path).and_then(|mut file| {
                         file.write_all(&wav_header(audio.len()))?;
-                        file.write_all(&audio)?;
+                        file.write_all(audio)?;
                         file.sync_all()
                     });
                     match result {
