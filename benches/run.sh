@@ -112,6 +112,8 @@ def bulk_table():
         copies = " / ".join(f"{c:.0f}" for c in r["copies"])
         rows.append(f"| {r['name'][:-4]} | {r['ingest']:.0f} MB/s | {copies} MB/s | {r['ratio']:.0f} % | {r['ratio_after']:.0f} % | {r['vault']:.0f} MB/s | {r['vault_ratio']:.0f} % | {r['cpu']} cores |")
     return rows
+enc_pairs = grab("vault.txt", r"interleaved encrypt: vault/raw (\d+) %")
+dec_pairs = grab("vault.txt", r"interleaved decrypt: vault/raw (\d+) %")
 def targets():
     ratio, ingest_mbs, copy_mbs, bulk_cpu = median["ratio"], median["ingest"], median["copy"], median["cpu"]
     runs_text = ", ".join(f"{r['ratio']:.0f} %" for r in bulk)
@@ -127,8 +129,8 @@ def targets():
         "",
         "| target (issue) | measured | baseline / bound | verdict |",
         "| --- | --- | --- | --- |",
-        f"| vault encrypt ≥ 80 % of raw AES-256-GCM (foundation) | {enc_vault:.0f} MiB/s | {enc_raw:.0f} MiB/s ({enc_vault/enc_raw:.0%}) | {verdict(enc_vault/enc_raw >= 0.8)} |",
-        f"| vault decrypt ≥ 80 % of raw AES-256-GCM (foundation) | {dec_vault:.0f} MiB/s | {dec_raw:.0f} MiB/s ({dec_vault/dec_raw:.0%}) | {verdict(dec_vault/dec_raw >= 0.8)} |",
+        f"| vault encrypt ≥ 80 % of raw AES-256-GCM (foundation; median of alternating pairs) | {enc_pairs:.0f} % | 80 % (criterion, one after the other: {enc_vault:.0f} / {enc_raw:.0f} MiB/s) | {verdict(enc_pairs >= 80)} |",
+        f"| vault decrypt ≥ 80 % of raw AES-256-GCM (foundation; median of alternating pairs) | {dec_pairs:.0f} % | 80 % (criterion, one after the other: {dec_vault:.0f} / {dec_raw:.0f} MiB/s) | {verdict(dec_pairs >= 80)} |",
         f"| bulk ingest ≥ 50 % of copy+fsync (ingest; median of {len(bulk)} runs, against the faster of two copies) | {ingest_mbs} MB/s | {copy_mbs} MB/s ({ratio:.0f} %; runs: {runs_text}) | {verdict(ratio is not None and ratio >= 50)} |",
         f"| 500 live calls: zero errors (ingest) | {rt_errors:.0f} errors, {rt_stored:.0f} stored | 0 | {verdict(rt_errors == 0)} |",
         f"| 500 live calls: p99 chunk latency < 100 ms (ingest) | {rt_p99} ms | 100 ms | {verdict(rt_p99 is not None and rt_p99 < 100)} |",
@@ -172,6 +174,8 @@ lines = [
     "| --- | --- | --- | --- | --- |",
     f"| encrypt | {enc_vault:.0f} MiB/s | {enc_raw:.0f} MiB/s | {enc_vault/enc_raw:.0%} | ≥ 80 % |",
     f"| decrypt | {dec_vault:.0f} MiB/s | {dec_raw:.0f} MiB/s | {dec_vault/dec_raw:.0%} | ≥ 80 % |",
+    f"| encrypt, alternating pairs of passes | — | — | {enc_pairs:.0f} % (median) | ≥ 80 % |",
+    f"| decrypt, alternating pairs of passes | — | — | {dec_pairs:.0f} % (median) | ≥ 80 % |",
     f"| write path (temp file, fsync, rename, dir fsync) | {store_w:.0f} MiB/s | {enc_raw:.0f} MiB/s | {store_w/enc_raw:.0%} | — |",
     f"| streaming read (`PlainReader`) | {store_r:.0f} MiB/s | {dec_raw:.0f} MiB/s | {store_r/dec_raw:.0%} | — |",
     f"| peer baseline: `age` (X25519, ChaCha20-Poly1305), same-size buffer | {age_mibs:.0f} MiB/s | {enc_raw:.0f} MiB/s | vault/age = {enc_vault/age_mibs:.1f}× | — |",
