@@ -28,94 +28,139 @@ fn buffer() -> Vec<u8> {
     (0..TOTAL).map(|i| (i * 7 % 251) as u8).collect()
 }
 
+/// The same 16 MiB through the raw cipher and through the vault's format, in default-size
+/// chunks, both ways: what the criterion groups and the alternating pairs time.
+struct Passes {
+    data: Vec<u8>,
+    chunk: usize,
+    n_chunks: usize,
+    cipher: Aes256Gcm,
+    header: Header,
+    /// `data` sealed by `raw_encrypt` (nonce, ciphertext, tag per chunk).
+    raw_sealed: Vec<([u8; 12], Vec<u8>, aes_gcm::Tag)>,
+    /// `data` sealed by `vault_encrypt` (ciphertext ‖ tag per chunk).
+    vault_sealed: Vec<Vec<u8>>,
+}
+
+impl Passes {
+    fn new() -> Passes {
+        let data = buffer();
+        let chunk = DEFAULT_CHUNK_SIZE as usize;
+        let mut passes = Passes {
+            n_chunks: data.len().div_ceil(chunk),
+            data,
+            chunk,
+            cipher: Aes256Gcm::new(&[7u8; 32].into()),
+            header: Header {
+                chunk_size: DEFAULT_CHUNK_SIZE,
+                recording_id: [1; 16],
+                nonce_prefix: [2; 7],
+            },
+            raw_sealed: Vec::new(),
+            vault_sealed: Vec::new(),
+        };
+        for (idx, piece) in passes.data.chunks(chunk).enumerate() {
+            let mut buf = piece.to_vec();
+            let tag = passes.raw_seal(idx, &mut buf);
+            passes.raw_sealed.push((raw_nonce(idx), buf, tag));
+            let mut buf = piece.to_vec();
+            let tag = passes.vault_seal(idx, &mut buf);
+            buf.extend_from_slice(&tag);
+            passes.vault_sealed.push(buf);
+        }
+        passes
+    }
+
+    fn raw_seal(&self, idx: usize, piece: &mut [u8]) -> aes_gcm::Tag {
+        self.cipher
+            .encrypt_inout_detached(&raw_nonce(idx).into(), b"", piece.into())
+            .unwrap()
+    }
+
+    fn vault_seal(&self, idx: usize, piece: &mut [u8]) -> [u8; 16] {
+        self.header
+            .seal_chunk(&self.cipher, idx as u64, idx + 1 == self.n_chunks, piece)
+            .unwrap()
+    }
+
+    /// Encrypts a fresh copy of the data in `work`, chunk by chunk, with the raw cipher.
+    fn raw_encrypt(&self, work: &mut [u8]) {
+        work.copy_from_slice(&self.data);
+        for (idx, piece) in work.chunks_mut(self.chunk).enumerate() {
+            black_box(self.raw_seal(idx, piece));
+        }
+    }
+
+    /// Same, through the vault's format.
+    fn vault_encrypt(&self, work: &mut [u8]) {
+        work.copy_from_slice(&self.data);
+        for (idx, piece) in work.chunks_mut(self.chunk).enumerate() {
+            black_box(self.vault_seal(idx, piece));
+        }
+    }
+
+    /// Decrypts fresh copies of `raw_sealed` in `bufs`.
+    fn raw_decrypt(&self, bufs: &mut [Vec<u8>]) {
+        for ((nonce, original, tag), buf) in self.raw_sealed.iter().zip(bufs.iter_mut()) {
+            buf.copy_from_slice(original);
+            self.cipher
+                .decrypt_inout_detached(&(*nonce).into(), b"", buf.as_mut_slice().into(), tag)
+                .unwrap();
+        }
+    }
+
+    /// Decrypts fresh copies of `vault_sealed` in `bufs`.
+    fn vault_decrypt(&self, bufs: &mut [Vec<u8>]) {
+        for (idx, (original, buf)) in self.vault_sealed.iter().zip(bufs.iter_mut()).enumerate() {
+            buf.copy_from_slice(original);
+            let last = idx + 1 == self.n_chunks;
+            black_box(
+                self.header
+                    .open_chunk(&self.cipher, idx as u64, last, buf)
+                    .unwrap(),
+            );
+        }
+    }
+
+    fn raw_bufs(&self) -> Vec<Vec<u8>> {
+        self.raw_sealed
+            .iter()
+            .map(|(_, buf, _)| buf.clone())
+            .collect()
+    }
+}
+
+/// The raw cipher's nonce for chunk `idx`.
+fn raw_nonce(idx: usize) -> [u8; 12] {
+    let mut nonce = [0u8; 12];
+    nonce[..8].copy_from_slice(&(idx as u64).to_be_bytes());
+    nonce
+}
+
 fn raw_and_format(c: &mut Criterion) {
-    let data = buffer();
-    let chunk = DEFAULT_CHUNK_SIZE as usize;
-    let cipher = Aes256Gcm::new(&[7u8; 32].into());
-    let header = Header {
-        chunk_size: DEFAULT_CHUNK_SIZE,
-        recording_id: [1; 16],
-        nonce_prefix: [2; 7],
-    };
+    let passes = Passes::new();
     let mut group = c.benchmark_group("encrypt_16MiB");
     group.throughput(Throughput::Bytes(TOTAL as u64));
     group.sample_size(20);
-    let mut work = data.clone();
+    let mut work = passes.data.clone();
     group.bench_function("raw_aes256gcm", |b| {
-        b.iter(|| {
-            work.copy_from_slice(&data);
-            for (idx, piece) in work.chunks_mut(chunk).enumerate() {
-                let mut nonce = [0u8; 12];
-                nonce[..8].copy_from_slice(&(idx as u64).to_be_bytes());
-                black_box(
-                    cipher
-                        .encrypt_inout_detached(&nonce.into(), b"", piece.into())
-                        .unwrap(),
-                );
-            }
-        })
+        b.iter(|| passes.raw_encrypt(&mut work))
     });
     group.bench_function("vault_format", |b| {
-        b.iter(|| {
-            work.copy_from_slice(&data);
-            let n = work.len().div_ceil(chunk);
-            for (idx, piece) in work.chunks_mut(chunk).enumerate() {
-                black_box(
-                    header
-                        .seal_chunk(&cipher, idx as u64, idx + 1 == n, piece)
-                        .unwrap(),
-                );
-            }
-        })
+        b.iter(|| passes.vault_encrypt(&mut work))
     });
     group.finish();
 
-    let mut sealed = Vec::new();
-    let n = data.len().div_ceil(chunk);
-    for (idx, piece) in data.chunks(chunk).enumerate() {
-        let mut buf = piece.to_vec();
-        let tag = header
-            .seal_chunk(&cipher, idx as u64, idx + 1 == n, &mut buf)
-            .unwrap();
-        buf.extend_from_slice(&tag);
-        sealed.push(buf);
-    }
-    let mut raw_sealed = Vec::new();
-    for (idx, piece) in data.chunks(chunk).enumerate() {
-        let mut buf = piece.to_vec();
-        let mut nonce = [0u8; 12];
-        nonce[..8].copy_from_slice(&(idx as u64).to_be_bytes());
-        let tag = cipher
-            .encrypt_inout_detached(&nonce.into(), b"", buf.as_mut_slice().into())
-            .unwrap();
-        raw_sealed.push((nonce, buf, tag));
-    }
     let mut group = c.benchmark_group("decrypt_16MiB");
     group.throughput(Throughput::Bytes(TOTAL as u64));
     group.sample_size(20);
     group.bench_function("raw_aes256gcm", |b| {
-        let mut bufs: Vec<Vec<u8>> = raw_sealed.iter().map(|(_, buf, _)| buf.clone()).collect();
-        b.iter(|| {
-            for ((nonce, original, tag), buf) in raw_sealed.iter().zip(bufs.iter_mut()) {
-                buf.copy_from_slice(original);
-                cipher
-                    .decrypt_inout_detached(&(*nonce).into(), b"", buf.as_mut_slice().into(), tag)
-                    .unwrap();
-            }
-        })
+        let mut bufs = passes.raw_bufs();
+        b.iter(|| passes.raw_decrypt(&mut bufs))
     });
     group.bench_function("vault_format", |b| {
-        let mut bufs = sealed.clone();
-        b.iter(|| {
-            for (idx, (original, buf)) in sealed.iter().zip(bufs.iter_mut()).enumerate() {
-                buf.copy_from_slice(original);
-                black_box(
-                    header
-                        .open_chunk(&cipher, idx as u64, idx + 1 == n, buf)
-                        .unwrap(),
-                );
-            }
-        })
+        let mut bufs = passes.vault_sealed.clone();
+        b.iter(|| passes.vault_decrypt(&mut bufs))
     });
     group.finish();
 }
@@ -168,114 +213,41 @@ const PAIRS: usize = 31;
 /// The median (and range) over `PAIRS` alternating pairs of raw time / vault time: the vault's
 /// throughput as a share of the raw cipher's, measured side by side.
 fn interleaved(_: &mut Criterion) {
-    let data = buffer();
-    let chunk = DEFAULT_CHUNK_SIZE as usize;
-    let cipher = Aes256Gcm::new(&[7u8; 32].into());
-    let header = Header {
-        chunk_size: DEFAULT_CHUNK_SIZE,
-        recording_id: [1; 16],
-        nonce_prefix: [2; 7],
-    };
-    let n = data.len().div_ceil(chunk);
-    let mut work = data.clone();
-    let mut raw_encrypt = |work: &mut [u8]| {
-        for (idx, piece) in work.chunks_mut(chunk).enumerate() {
-            let mut nonce = [0u8; 12];
-            nonce[..8].copy_from_slice(&(idx as u64).to_be_bytes());
-            let tag = cipher
-                .encrypt_inout_detached(&nonce.into(), b"", piece.into())
-                .unwrap();
-            black_box(tag);
-        }
-    };
-    let mut vault_encrypt = |work: &mut [u8]| {
-        for (idx, piece) in work.chunks_mut(chunk).enumerate() {
-            black_box(
-                header
-                    .seal_chunk(&cipher, idx as u64, idx + 1 == n, piece)
-                    .unwrap(),
-            );
-        }
-    };
-    let timed = |pass: &mut dyn FnMut(&mut [u8]), work: &mut Vec<u8>| {
-        work.copy_from_slice(&data);
-        let start = std::time::Instant::now();
-        pass(work);
-        start.elapsed().as_secs_f64()
-    };
-    let mut ratios = Vec::with_capacity(PAIRS);
-    for round in 0..PAIRS {
-        let (raw, vault) = match round % 2 {
-            0 => {
-                let raw = timed(&mut raw_encrypt, &mut work);
-                (raw, timed(&mut vault_encrypt, &mut work))
-            }
-            _ => {
-                let vault = timed(&mut vault_encrypt, &mut work);
-                (timed(&mut raw_encrypt, &mut work), vault)
-            }
-        };
-        ratios.push(raw / vault);
-    }
+    let passes = Passes::new();
+    let mut work = passes.data.clone();
+    let mut ratios = pair_ratios(|raw| match raw {
+        true => passes.raw_encrypt(&mut work),
+        false => passes.vault_encrypt(&mut work),
+    });
     report("encrypt", &mut ratios);
+    let (mut raw_bufs, mut vault_bufs) = (passes.raw_bufs(), passes.vault_sealed.clone());
+    let mut ratios = pair_ratios(|raw| match raw {
+        true => passes.raw_decrypt(&mut raw_bufs),
+        false => passes.vault_decrypt(&mut vault_bufs),
+    });
+    report("decrypt", &mut ratios);
+}
 
-    // Decrypt: the same, over sealed copies of the buffer.
-    let mut raw_sealed = Vec::with_capacity(n);
-    let mut vault_sealed = Vec::with_capacity(n);
-    for (idx, piece) in data.chunks(chunk).enumerate() {
-        let mut nonce = [0u8; 12];
-        nonce[..8].copy_from_slice(&(idx as u64).to_be_bytes());
-        let mut buf = piece.to_vec();
-        let tag = cipher
-            .encrypt_inout_detached(&nonce.into(), b"", buf.as_mut_slice().into())
-            .unwrap();
-        raw_sealed.push((nonce, buf, tag));
-        let mut buf = piece.to_vec();
-        let tag = header
-            .seal_chunk(&cipher, idx as u64, idx + 1 == n, &mut buf)
-            .unwrap();
-        buf.extend_from_slice(&tag);
-        vault_sealed.push(buf);
-    }
-    let mut raw_bufs: Vec<Vec<u8>> = raw_sealed.iter().map(|(_, b, _)| b.clone()).collect();
-    let mut vault_bufs = vault_sealed.clone();
-    let mut raw_decrypt = || {
+/// Times `pass(true)` (raw) and `pass(false)` (vault) in `PAIRS` pairs, alternating which goes
+/// first; raw time / vault time for each pair.
+fn pair_ratios(mut pass: impl FnMut(bool)) -> Vec<f64> {
+    let mut timed = |raw: bool| {
         let start = std::time::Instant::now();
-        for ((nonce, original, tag), buf) in raw_sealed.iter().zip(raw_bufs.iter_mut()) {
-            buf.copy_from_slice(original);
-            cipher
-                .decrypt_inout_detached(&(*nonce).into(), b"", buf.as_mut_slice().into(), tag)
-                .unwrap();
-        }
+        pass(raw);
         start.elapsed().as_secs_f64()
     };
-    let mut vault_decrypt = || {
-        let start = std::time::Instant::now();
-        for (idx, (original, buf)) in vault_sealed.iter().zip(vault_bufs.iter_mut()).enumerate() {
-            buf.copy_from_slice(original);
-            black_box(
-                header
-                    .open_chunk(&cipher, idx as u64, idx + 1 == n, buf)
-                    .unwrap(),
-            );
-        }
-        start.elapsed().as_secs_f64()
-    };
-    let mut ratios = Vec::with_capacity(PAIRS);
-    for round in 0..PAIRS {
-        let (raw, vault) = match round % 2 {
+    (0..PAIRS)
+        .map(|round| match round % 2 {
             0 => {
-                let raw = raw_decrypt();
-                (raw, vault_decrypt())
+                let raw = timed(true);
+                raw / timed(false)
             }
             _ => {
-                let vault = vault_decrypt();
-                (raw_decrypt(), vault)
+                let vault = timed(false);
+                timed(true) / vault
             }
-        };
-        ratios.push(raw / vault);
-    }
-    report("decrypt", &mut ratios);
+        })
+        .collect()
 }
 
 fn report(what: &str, ratios: &mut [f64]) {
