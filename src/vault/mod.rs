@@ -297,15 +297,7 @@ impl Vault {
     pub fn recover(&self) -> Result<RecoveryScan, VaultError> {
         let mut scan = RecoveryScan::default();
         let temp_dir = self.temp_dir();
-        let entries = std::fs::read_dir(&temp_dir).map_err(|source| VaultError::Read {
-            path: temp_dir.clone(),
-            source,
-        })?;
-        for entry in entries {
-            let entry = entry.map_err(|source| VaultError::Read {
-                path: temp_dir.clone(),
-                source,
-            })?;
+        for entry in entries_of(&temp_dir)? {
             let path = entry.path();
             std::fs::remove_file(&path).map_err(|source| VaultError::Write {
                 path: path.clone(),
@@ -316,15 +308,7 @@ impl Vault {
         if scan.temp_removed > 0 {
             store::sync_dir(&temp_dir)?;
         }
-        let top = std::fs::read_dir(&self.dir).map_err(|source| VaultError::Read {
-            path: self.dir.clone(),
-            source,
-        })?;
-        for shard in top {
-            let shard = shard.map_err(|source| VaultError::Read {
-                path: self.dir.clone(),
-                source,
-            })?;
+        for shard in entries_of(&self.dir)? {
             let shard_path = shard.path();
             if shard.file_name() == "tmp"
                 || shard.file_name() == "quarantine"
@@ -366,19 +350,23 @@ pub(crate) fn parent_of(path: &Path) -> &Path {
     }
 }
 
+/// The entries of `dir`; a read error names `dir`.
+fn entries_of(dir: &Path) -> Result<Vec<std::fs::DirEntry>, VaultError> {
+    let read_error = |source| VaultError::Read {
+        path: dir.to_owned(),
+        source,
+    };
+    std::fs::read_dir(dir)
+        .map_err(read_error)?
+        .map(|entry| entry.map_err(read_error))
+        .collect()
+}
+
 /// The ids of the `<id>.cgv` files in `dir`; anything else is left alone with a warning naming
 /// `place`.
 fn blob_ids_in(dir: &Path, place: &str) -> Result<Vec<BlobId>, VaultError> {
-    let entries = std::fs::read_dir(dir).map_err(|source| VaultError::Read {
-        path: dir.to_owned(),
-        source,
-    })?;
     let mut ids = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(|source| VaultError::Read {
-            path: dir.to_owned(),
-            source,
-        })?;
+    for entry in entries_of(dir)? {
         let name = entry.file_name();
         let id = name
             .to_str()

@@ -215,7 +215,7 @@ impl BlobWriter {
     pub async fn finish(mut self) -> Result<SealedBlob, VaultError> {
         self.seal_open_chunk(true)?;
         let temp_path = self.temp.path().to_owned();
-        let file = self.lend_file()?;
+        let mut file = self.lend_file()?;
         let buffer = std::mem::take(&mut self.buffer);
         let final_path = self.final_path.clone();
         let done = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, VaultError> {
@@ -223,7 +223,6 @@ impl BlobWriter {
                 path: temp_path.clone(),
                 source,
             };
-            let mut file = file;
             file.write_all(&buffer).map_err(write_error)?;
             file.sync_all().map_err(write_error)?;
             drop(file);
@@ -308,8 +307,9 @@ impl BlobWriter {
         let path = self.temp.path().to_owned();
         let file = self.lend_file()?;
         // The buffer moves to the blocking write and comes back as the next one: no copy.
-        let (file, mut buffer) =
-            write_blocking(file, path, std::mem::take(&mut self.buffer)).await?;
+        let (file, mut buffer) = write_blocking(file, std::mem::take(&mut self.buffer))
+            .await
+            .map_err(|source| VaultError::Write { path, source })?;
         self.file = Some(file);
         let one_chunk = self.header.chunk_size as usize + TAG_LEN;
         if buffer.capacity() > 2 * one_chunk && buffer.len() <= one_chunk {
@@ -363,20 +363,13 @@ fn rename_into_place(temp: &Path, dest: &Path) -> Result<(), VaultError> {
 /// (the writer fails, and its guard removes the temporary path).
 async fn write_blocking(
     mut file: std::fs::File,
-    path: PathBuf,
     buffer: Vec<u8>,
-) -> Result<(std::fs::File, Vec<u8>), VaultError> {
-    let outcome = tokio::task::spawn_blocking(move || match file.write_all(&buffer) {
-        Ok(()) => Ok((file, buffer)),
-        Err(source) => Err(VaultError::Write { path, source }),
-    })
-    .await;
+) -> std::io::Result<(std::fs::File, Vec<u8>)> {
+    let outcome =
+        tokio::task::spawn_blocking(move || file.write_all(&buffer).map(|()| (file, buffer))).await;
     match outcome {
         Ok(result) => result,
-        Err(join) => Err(VaultError::Write {
-            path: PathBuf::new(),
-            source: std::io::Error::other(join.to_string()),
-        }),
+        Err(join) => Err(std::io::Error::other(join.to_string())),
     }
 }
 
