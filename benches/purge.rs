@@ -302,7 +302,7 @@ fn run(root: &Path, n_total: u64) -> Result<(), Box<dyn Error>> {
     };
     let n_shards = std::fs::read_dir(vault.dir())?
         .filter_map(Result::ok)
-        .filter(|entry| entry.file_name() != "tmp" && entry.file_name() != "quarantine")
+        .filter(|entry| entry.file_name() != "quarantine")
         .count();
     println!("vault: the {n_expired} blob files sit in {n_shards} shard directories");
     let started = Instant::now();

@@ -28,7 +28,7 @@ use crate::ingest_http::{
     started_at, tone_wav,
 };
 use crate::support::client::{Client, Response};
-use crate::support::{Instance, Setup, binary, files_under};
+use crate::support::{Instance, Setup, binary, files_under, is_vault_temporary};
 
 const DEFAULT_ROUNDS: u64 = 100;
 
@@ -1126,10 +1126,9 @@ fn check_dead(
     ));
     std::fs::create_dir(&scratch).unwrap();
     let vault = setup.data.join("vault");
-    let temp = vault.join("tmp");
     for path in files_under(&setup.data) {
         let in_vault = path.starts_with(&vault);
-        let immutable = in_vault && !path.starts_with(&temp);
+        let immutable = in_vault && !is_vault_temporary(&path);
         if immutable && !model.scanned.insert(path.clone()) {
             continue;
         }
@@ -1154,10 +1153,10 @@ fn check_dead(
 /// Names of the recording blobs in the vault (`ID.cgv`): no temporaries, no quarantine.
 fn blob_names(data: &Path) -> HashSet<String> {
     let vault = data.join("vault");
-    let (temp, quarantine) = (vault.join("tmp"), vault.join("quarantine"));
+    let quarantine = vault.join("quarantine");
     files_under(&vault)
         .into_iter()
-        .filter(|path| !path.starts_with(&quarantine) && !path.starts_with(&temp))
+        .filter(|path| !path.starts_with(&quarantine) && !is_vault_temporary(path))
         .filter(|path| path.extension().is_some_and(|ext| ext == "cgv"))
         .filter_map(|path| {
             path.file_name()
@@ -1168,8 +1167,9 @@ fn blob_names(data: &Path) -> HashSet<String> {
 
 fn pre_kill_temporaries(data: &Path, kill_marker: &Path) -> Vec<PathBuf> {
     let killed_at = std::fs::metadata(kill_marker).unwrap().modified().unwrap();
-    files_under(&data.join("vault").join("tmp"))
+    files_under(&data.join("vault"))
         .into_iter()
+        .filter(|path| is_vault_temporary(path))
         .filter(|path| {
             std::fs::metadata(path)
                 .and_then(|meta| meta.modified())

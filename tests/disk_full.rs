@@ -18,7 +18,7 @@ use crate::ingest_http::{
     metadata, ok, runtime, sha256_hex, started_at, temp_files, tone_wav, vault_files,
 };
 use crate::support::client::{Client, Response};
-use crate::support::{Instance, Setup, files_under};
+use crate::support::{Instance, Setup, files_under, is_vault_temporary};
 
 /// What stays free while the disk is "nearly full": room for the catalog's WAL to grow by a
 /// few commits (audited reads), none for any recording the test sends (1.3 MB and more).
@@ -237,7 +237,7 @@ fn vault_ids(data: &Path) -> BTreeSet<String> {
     let vault = data.join("vault");
     files_under(&vault)
         .into_iter()
-        .filter(|path| !path.starts_with(vault.join("tmp")))
+        .filter(|path| !is_vault_temporary(path))
         .filter(|path| !path.starts_with(vault.join("quarantine")))
         .map(|path| path.file_stem().unwrap().to_string_lossy().into_owned())
         .collect()

@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 
 use crate::support::audio::{self, Mp3Tags, TestAudio, WavEncoding};
 use crate::support::client::{Client, Multipart, Response};
-use crate::support::{Setup, files_under};
+use crate::support::{Setup, files_under, is_vault_temporary};
 
 pub(crate) fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -182,14 +182,14 @@ pub(crate) struct VaultFiles {
 
 pub(crate) fn vault_files(data: &Path) -> VaultFiles {
     let vault = data.join("vault");
-    let (tmp, quarantine) = (vault.join("tmp"), vault.join("quarantine"));
+    let quarantine = vault.join("quarantine");
     let mut out = VaultFiles {
         blobs: 0,
         temp: 0,
         quarantine: 0,
     };
     for path in files_under(&vault) {
-        if path.starts_with(&tmp) {
+        if is_vault_temporary(&path) {
             out.temp += 1;
         } else if path.starts_with(&quarantine) {
             out.quarantine += 1;
@@ -200,9 +200,12 @@ pub(crate) fn vault_files(data: &Path) -> VaultFiles {
     out
 }
 
-/// Files under `data/vault/tmp`.
+/// Temporary files of vault writes (`<id>-<random>.tmp` in a shard or the quarantine).
 pub(crate) fn temp_files(data: &Path) -> Vec<PathBuf> {
-    files_under(&data.join("vault").join("tmp"))
+    files_under(&data.join("vault"))
+        .into_iter()
+        .filter(|path| is_vault_temporary(path))
+        .collect()
 }
 
 /// `GET /v1/status` counts.
@@ -916,7 +919,7 @@ fn the_size_limit_is_enforced_and_an_abandoned_upload_leaves_nothing() {
             .await
             .unwrap();
         upload.send(&small[..small.len() / 2]).await.unwrap();
-        eventually("the upload is being written to vault/tmp", || {
+        eventually("the upload is being written to a temporary blob", || {
             !temp_files(&data).is_empty()
         })
         .await;

@@ -532,27 +532,29 @@ impl Real {
         ids.into_iter().map(|id| self.index_of(&id)).collect()
     }
 
-    /// Blob files in the vault, and files left in its temp dir.
+    /// Blob files in the vault, and temporary files left beside them.
     fn files(&self) -> (BTreeSet<BlobId>, Vec<String>) {
         let mut blobs = BTreeSet::new();
+        let mut temp = Vec::new();
         for shard in std::fs::read_dir(self.vault.dir()).unwrap() {
             let shard = shard.unwrap();
             let name = shard.file_name().to_string_lossy().into_owned();
-            if name == "tmp" || name == "quarantine" {
+            if name == "quarantine" {
                 continue;
             }
             for file in std::fs::read_dir(shard.path()).unwrap() {
-                let file = file.unwrap().file_name().to_string_lossy().into_owned();
+                let file = file.unwrap().file_name();
+                if crate::vault::is_temporary(&file) {
+                    temp.push(format!("{name}/{}", file.to_string_lossy()));
+                    continue;
+                }
+                let file = file.to_string_lossy().into_owned();
                 match file.strip_suffix(".cgv").and_then(BlobId::parse) {
                     Some(id) => blobs.insert(id),
                     None => panic!("unexpected file {name}/{file} in the vault"),
                 };
             }
         }
-        let temp = std::fs::read_dir(self.vault.dir().join("tmp"))
-            .unwrap()
-            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
         (blobs, temp)
     }
 
@@ -810,7 +812,7 @@ fn check_guarantees(
     prop_assert_eq!(&blobs, &expected, "blob files versus the model");
     prop_assert!(
         temp_files.is_empty(),
-        "files left in vault/tmp: {:?}",
+        "temporary files left in the vault: {:?}",
         temp_files
     );
     let n_active = model.holds.iter().filter(|h| h.active).count() as u64;

@@ -126,13 +126,13 @@ pub struct RecoveryScan {
 }
 
 impl Vault {
-    /// Opens (and creates if needed) the vault under `dir`, with its temporary, quarantine and
-    /// 256 shard directories. A directory created here is made durable (its parent fsynced)
-    /// before the vault is used, so a blob's own directory fsync is all its write needs.
+    /// Opens (and creates if needed) the vault under `dir`, with its quarantine and 256 shard
+    /// directories. A directory created here is made durable (its parent fsynced) before the
+    /// vault is used, so a blob's own directory fsync is all its write needs.
     pub fn open(dir: &Path) -> Result<Vault, VaultError> {
         let mut created_in = std::collections::BTreeSet::new();
         let shards = (0..=u8::MAX).map(|shard| dir.join(format!("{shard:02x}")));
-        let subs = [dir.to_owned(), dir.join("tmp"), dir.join("quarantine")];
+        let subs = [dir.to_owned(), dir.join("quarantine")];
         for sub in subs.into_iter().chain(shards) {
             if sub.is_dir() {
                 continue;
@@ -246,10 +246,6 @@ impl Vault {
         &self.buffers
     }
 
-    fn temp_dir(&self) -> PathBuf {
-        self.dir.join("tmp")
-    }
-
     /// Path of a quarantined file's encrypted blob (its id is validated by the caller).
     pub fn quarantine_path(&self, id: &str) -> PathBuf {
         self.dir.join("quarantine").join(format!("{id}.cgv"))
@@ -292,30 +288,31 @@ impl Vault {
         Ok(ids)
     }
 
-    /// Start-up scan: removes every temporary file (writes that never finished) and lists the
-    /// blobs, for the catalog to reconcile.
+    /// Start-up scan: removes every temporary file (writes that never finished: `*.tmp` beside
+    /// the blobs and in the quarantine, and anything in the `tmp/` directory where earlier
+    /// versions wrote them, which is then removed) and lists the blobs, for the catalog to reconcile. Runs before
+    /// any write: a write in progress has a temporary file too.
     pub fn recover(&self) -> Result<RecoveryScan, VaultError> {
         let mut scan = RecoveryScan::default();
-        let temp_dir = self.temp_dir();
-        for entry in entries_of(&temp_dir)? {
-            let path = entry.path();
-            std::fs::remove_file(&path).map_err(|source| VaultError::Write {
-                path: path.clone(),
+        let legacy_temp = self.dir.join(LEGACY_TEMP_DIR);
+        if legacy_temp.is_dir() {
+            for entry in entries_of(&legacy_temp)? {
+                remove_path(&entry.path())?;
+                scan.temp_removed += 1;
+            }
+            std::fs::remove_dir(&legacy_temp).map_err(|source| VaultError::Write {
+                path: legacy_temp.clone(),
                 source,
             })?;
-            scan.temp_removed += 1;
+            store::sync_dir(&self.dir)?;
         }
-        if scan.temp_removed > 0 {
-            store::sync_dir(&temp_dir)?;
-        }
+        scan.temp_removed += remove_temporaries(&self.dir.join("quarantine"))?;
         for shard in entries_of(&self.dir)? {
             let shard_path = shard.path();
-            if shard.file_name() == "tmp"
-                || shard.file_name() == "quarantine"
-                || !shard_path.is_dir()
-            {
+            if shard.file_name() == "quarantine" || !shard_path.is_dir() {
                 continue;
             }
+            scan.temp_removed += remove_temporaries(&shard_path)?;
             scan.blobs.extend(blob_ids_in(&shard_path, "vault")?);
         }
         scan.blobs.sort();
@@ -362,12 +359,50 @@ fn entries_of(dir: &Path) -> Result<Vec<std::fs::DirEntry>, VaultError> {
         .collect()
 }
 
-/// The ids of the `<id>.cgv` files in `dir`; anything else is left alone with a warning naming
-/// `place`.
+/// Suffix of the temporary file of a write in progress, in the directory of its blob.
+pub(crate) const TEMP_SUFFIX: &str = ".tmp";
+
+/// Where earlier versions wrote their temporary files (`vault/tmp/`); recovery empties and
+/// removes it.
+const LEGACY_TEMP_DIR: &str = "tmp";
+
+/// Whether `name` is the temporary file of a write (finished or not, never a blob).
+pub(crate) fn is_temporary(name: &std::ffi::OsStr) -> bool {
+    name.as_encoded_bytes().ends_with(TEMP_SUFFIX.as_bytes())
+}
+
+/// Removes the temporary files in `dir` (and fsyncs it if there were any); returns how many.
+fn remove_temporaries(dir: &Path) -> Result<usize, VaultError> {
+    let mut removed = 0;
+    for entry in entries_of(dir)? {
+        if is_temporary(&entry.file_name()) {
+            remove_path(&entry.path())?;
+            removed += 1;
+        }
+    }
+    if removed > 0 {
+        store::sync_dir(dir)?;
+    }
+    Ok(removed)
+}
+
+/// Removes one file; an error names it.
+fn remove_path(path: &Path) -> Result<(), VaultError> {
+    std::fs::remove_file(path).map_err(|source| VaultError::Write {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// The ids of the `<id>.cgv` files in `dir`. Temporary files (writes in progress) are skipped;
+/// anything else is left alone with a warning naming `place`.
 fn blob_ids_in(dir: &Path, place: &str) -> Result<Vec<BlobId>, VaultError> {
     let mut ids = Vec::new();
     for entry in entries_of(dir)? {
         let name = entry.file_name();
+        if is_temporary(&name) {
+            continue;
+        }
         let id = name
             .to_str()
             .and_then(|n| n.strip_suffix(".cgv"))

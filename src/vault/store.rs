@@ -1,8 +1,12 @@
 //! Blob files: the crash-safe write path and the random-access reader. A blob is written
-//! encrypted from its first byte into `vault/tmp/`, fsynced, renamed into place, and its
-//! directory fsynced; only then may the catalog commit its row. A guard deletes the temporary
-//! file on every early return. Reading decrypts only the chunks a byte range needs, with memory
-//! bounded by one chunk whatever the recording's length.
+//! encrypted from its first byte into a temporary file beside its final place
+//! (`vault/<shard>/<id>-<random>.tmp`), fsynced, renamed into place, and its directory fsynced;
+//! only then may the catalog commit its row. A guard deletes the temporary file on every early
+//! return. The temporary file sits in the blob's own directory, not in a shared one: the rename
+//! stays within one directory, and parallel writes spread over the 256 shards instead of all
+//! creating files in one (measured: about 1.4 times the files per second of a shared
+//! `vault/tmp/` with 8 writers, docs/benchmarks.md). Reading decrypts only the chunks a byte
+//! range needs, with memory bounded by one chunk whatever the recording's length.
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -98,8 +102,8 @@ impl BufferPool {
 
 impl BlobWriter {
     /// Creates the temporary file for blob `id`, encrypted under `key`. The file exists from
-    /// now on: an upload past its admission is visible in `vault/tmp/` (encrypted) until it is
-    /// finished or dropped.
+    /// now on: an upload past its admission is visible as `<id>-<random>.tmp` (encrypted) in
+    /// its shard until it is finished or dropped.
     pub async fn create(
         vault: &Vault,
         id: BlobId,
@@ -140,14 +144,16 @@ impl BlobWriter {
             nonce_prefix,
         };
         let suffix: [u8; 8] = keys::random_bytes()?;
-        let temp_path = vault
-            .temp_dir()
-            .join(format!("{id}-{}.tmp", hex::encode(suffix)));
+        let temp_path = crate::vault::parent_of(&final_path).join(format!(
+            "{id}-{}{}",
+            hex::encode(suffix),
+            crate::vault::TEMP_SUFFIX
+        ));
         let temp = DeleteOnDrop(Some(temp_path.clone()));
         let file = tokio::task::spawn_blocking(move || create_temp(&temp_path))
             .await
             .map_err(|join| VaultError::Write {
-                path: vault.temp_dir(),
+                path: temp.path().to_owned(),
                 source: std::io::Error::other(join.to_string()),
             })??;
         let mut buffer = Vec::with_capacity(HEADER_LEN + vault.chunk_size() as usize + TAG_LEN);
@@ -226,7 +232,10 @@ impl BlobWriter {
             file.write_all(&buffer).map_err(write_error)?;
             file.sync_all().map_err(write_error)?;
             drop(file);
-            rename_into_place(&temp_path, &final_path)?;
+            std::fs::rename(&temp_path, &final_path).map_err(|source| VaultError::Write {
+                path: final_path.clone(),
+                source,
+            })?;
             sync_dir(crate::vault::parent_of(&final_path))?;
             Ok(buffer)
         })
@@ -325,37 +334,32 @@ impl BlobWriter {
     }
 }
 
-/// Creates the temporary file of a blob (never an existing one).
+/// Creates the temporary file of a blob (never an existing one). Its directory exists since
+/// the vault opened; one removed since by hand is made again (durably) rather than failing the
+/// write.
 fn create_temp(path: &Path) -> Result<std::fs::File, VaultError> {
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .map_err(|source| VaultError::Write {
-            path: path.to_owned(),
-            source,
-        })
-}
-
-/// Renames a finished temporary file to its place. Its directory exists since the vault
-/// opened; one removed since by hand is made again (durably) rather than failing the write.
-fn rename_into_place(temp: &Path, dest: &Path) -> Result<(), VaultError> {
-    let rename_error = |source| VaultError::Write {
-        path: dest.to_owned(),
+    let create = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)
+    };
+    let create_error = |source| VaultError::Write {
+        path: path.to_owned(),
         source,
     };
-    match std::fs::rename(temp, dest) {
-        Ok(()) => Ok(()),
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound && temp.exists() => {
-            let dir = crate::vault::parent_of(dest);
+    match create() {
+        Ok(file) => Ok(file),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            let dir = crate::vault::parent_of(path);
             std::fs::create_dir_all(dir).map_err(|source| VaultError::Write {
                 path: dir.to_owned(),
                 source,
             })?;
             sync_dir(crate::vault::parent_of(dir))?;
-            std::fs::rename(temp, dest).map_err(rename_error)
+            create().map_err(create_error)
         }
-        Err(source) => Err(rename_error(source)),
+        Err(source) => Err(create_error(source)),
     }
 }
 
@@ -638,6 +642,23 @@ mod tests {
         out
     }
 
+    /// Temporary files anywhere in the vault.
+    fn temporaries(vault: &Vault) -> Vec<PathBuf> {
+        fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+            for entry in std::fs::read_dir(dir).unwrap().flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    walk(&path, out);
+                } else if crate::vault::is_temporary(&entry.file_name()) {
+                    out.push(path);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(vault.dir(), &mut out);
+        out
+    }
+
     #[tokio::test]
     async fn round_trip_at_every_boundary() {
         let chunk = 4096u32;
@@ -660,10 +681,7 @@ mod tests {
                 );
             }
         }
-        assert_eq!(
-            std::fs::read_dir(vault.dir().join("tmp")).unwrap().count(),
-            0
-        );
+        assert!(temporaries(&vault).is_empty());
     }
 
     #[tokio::test]
@@ -803,15 +821,9 @@ mod tests {
             .await
             .unwrap();
         writer.write(&long_secret).await.unwrap();
-        assert_eq!(
-            std::fs::read_dir(vault.dir().join("tmp")).unwrap().count(),
-            1
-        );
+        assert_eq!(temporaries(&vault).len(), 1);
         drop(writer);
-        assert_eq!(
-            std::fs::read_dir(vault.dir().join("tmp")).unwrap().count(),
-            0
-        );
+        assert!(temporaries(&vault).is_empty());
 
         // Crash mid-write (no destructor runs): a temp file remains, encrypted; recovery removes it.
         let mut writer = BlobWriter::create(&vault, BlobId::generate(), &key, u64::MAX)
@@ -820,23 +832,23 @@ mod tests {
         writer.write(&long_secret).await.unwrap();
         writer.write(&secret).await.unwrap();
         std::mem::forget(writer);
-        let temp_files: Vec<_> = std::fs::read_dir(vault.dir().join("tmp"))
-            .unwrap()
-            .flatten()
-            .collect();
+        let temp_files = temporaries(&vault);
         assert_eq!(temp_files.len(), 1);
-        let bytes = std::fs::read(temp_files[0].path()).unwrap();
+        let bytes = std::fs::read(&temp_files[0]).unwrap();
         assert!(!bytes.windows(22).any(|w| w == b"PLAINTEXT-AUDIO-MARKER"));
+
+        // Left by an earlier version in the shared `vault/tmp/`: removed with the directory.
+        let legacy = vault.dir().join("tmp");
+        std::fs::create_dir(&legacy).unwrap();
+        std::fs::write(legacy.join("0123-abcd.tmp"), b"sealed bytes").unwrap();
 
         // Crash after rename, before the catalog commit: the blob is listed for reconciliation.
         let sealed = write_blob(&vault, &key, &secret, 100).await;
         let scan = vault.recover().unwrap();
-        assert_eq!(scan.temp_removed, 1);
+        assert_eq!(scan.temp_removed, 2);
+        assert!(!legacy.exists());
         assert_eq!(scan.blobs, vec![sealed.id]);
-        assert_eq!(
-            std::fs::read_dir(vault.dir().join("tmp")).unwrap().count(),
-            0
-        );
+        assert!(temporaries(&vault).is_empty());
         vault.remove(&sealed.id).unwrap();
         assert!(vault.recover().unwrap().blobs.is_empty());
     }
