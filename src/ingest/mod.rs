@@ -22,12 +22,12 @@ use crate::catalog::recordings::{AudioFacts, Inserted, RecordingRow, RecordingSt
 use crate::catalog::{Catalog, CatalogError};
 use crate::clock::SharedClock;
 use crate::config::units::Period;
-use crate::ingest::metadata::CallMetadata;
+use crate::ingest::metadata::{CallMetadata, PhoneNumber};
 use crate::ingest::probe::{AudioInfo, FormatHint, ProbeError, Prober};
 use crate::keyring::Keyring;
 use crate::metrics::Metrics;
 use crate::objections::{CALL_ID_DOMAIN, CALLER_DOMAIN, ObjectionError, Objections};
-use crate::vault::keys::KeyError;
+use crate::vault::keys::{DataKey, KeyError};
 use crate::vault::store::BlobWriter;
 use crate::vault::{BlobId, Vault, VaultError};
 
@@ -76,10 +76,46 @@ impl From<VaultError> for IngestError {
 }
 
 /// The gate's answer for a call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Admission {
-    Admit,
+    /// Stream the audio into `Pipeline::ingest` with this ticket.
+    Admit(Admitted),
     /// Do not persist anything; the reason is `caller_objection` or `call_objection`.
+    Discard(&'static str),
+}
+
+/// What the gate prepared for an admitted call, in the same blocking hand-off as its checks:
+/// the encrypted blob writer of a new call, or the row of a call id already stored (whose
+/// audio is then only hashed and compared). Dropping it removes the writer's temporary file.
+pub struct Admitted {
+    call_hmac: [u8; 32],
+    next: Next,
+}
+
+enum Next {
+    New(Box<NewBlob>),
+    Repeat(Box<RecordingRow>),
+}
+
+/// A new recording's writer and its data key (plain, and wrapped for the catalog row).
+struct NewBlob {
+    writer: BlobWriter,
+    key: DataKey,
+    wrapped_key: Vec<u8>,
+}
+
+impl std::fmt::Debug for Admitted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.next {
+            Next::New(new) => write!(f, "Admitted(new recording {})", new.writer.id()),
+            Next::Repeat(row) => write!(f, "Admitted(repeat of recording {})", row.id),
+        }
+    }
+}
+
+/// The blocking gate's verdict, before a discard is audited.
+enum Gate {
+    Admit(Admitted),
     Discard(&'static str),
 }
 
@@ -116,7 +152,8 @@ pub struct Pipeline {
 
 impl Pipeline {
     /// The objection gate, run on the metadata before any audio byte is persisted. A discard
-    /// is counted and audited (without any number).
+    /// is counted and audited (without any number). An admitted call gets, in the same blocking
+    /// hand-off, its idempotency lookup and, if new, its data key and encrypted blob writer.
     pub async fn admit(
         &self,
         meta: &CallMetadata,
@@ -126,29 +163,55 @@ impl Pipeline {
         let caller = meta.caller.clone();
         let call_id = meta.call_id.clone();
         let now = self.clock.now();
-        let verdict = self
-            .catalog
-            .call(move |catalog| {
-                let registry = Objections {
-                    catalog,
-                    vault: &pipeline.vault,
-                    keyring: &pipeline.keyring,
-                };
-                registry
-                    .check(caller.as_ref(), &call_id, now)
-                    .map_err(|error| match error {
-                        ObjectionError::Catalog(catalog_error) => catalog_error,
-                        other => CatalogError::Task(other.to_string()),
-                    })
-            })
-            .await?;
-        match verdict {
-            None => Ok(Admission::Admit),
-            Some(reason) => {
+        let gate =
+            tokio::task::spawn_blocking(move || pipeline.gate(caller.as_ref(), &call_id, now))
+                .await
+                .map_err(|join| CatalogError::Task(join.to_string()))??;
+        match gate {
+            Gate::Admit(admitted) => Ok(Admission::Admit(admitted)),
+            Gate::Discard(reason) => {
                 self.discarded(reason, sender, now).await?;
                 Ok(Admission::Discard(reason))
             }
         }
+    }
+
+    /// The blocking half of `admit`: objection check, idempotency lookup, writer.
+    fn gate(
+        &self,
+        caller: Option<&PhoneNumber>,
+        call_id: &str,
+        now: jiff::Timestamp,
+    ) -> Result<Gate, IngestError> {
+        let registry = Objections {
+            catalog: &self.catalog,
+            vault: &self.vault,
+            keyring: &self.keyring,
+        };
+        let verdict = registry
+            .check(caller, call_id, now)
+            .map_err(|error| match error {
+                ObjectionError::Catalog(catalog) => IngestError::Catalog(catalog),
+                other => IngestError::Objection(other),
+            })?;
+        if let Some(reason) = verdict {
+            return Ok(Gate::Discard(reason));
+        }
+        let call_hmac = self.keyring.digest(CALL_ID_DOMAIN, call_id);
+        let next = match self.catalog.recording_by_call(&call_hmac)? {
+            Some(existing) => Next::Repeat(Box::new(existing)),
+            None => {
+                let id = BlobId::generate();
+                let (key, wrapped_key) = self.keyring.new_recording_key(&id)?;
+                let writer = BlobWriter::create_blocking(&self.vault, id, &key, self.max_bytes)?;
+                Next::New(Box::new(NewBlob {
+                    writer,
+                    key,
+                    wrapped_key,
+                }))
+            }
+        };
+        Ok(Gate::Admit(Admitted { call_hmac, next }))
     }
 
     /// Counts and audits (without any number) a discarded call.
@@ -177,10 +240,12 @@ impl Pipeline {
     }
 
     /// Streams `source` into the vault while probing and hashing it, then commits the catalog
-    /// row. Call `admit` first; an objection registered since is still honoured
-    /// (`IngestError::Discarded`). On any error nothing remains (the blob is removed).
+    /// row. `admitted` comes from `admit` for the same metadata; an objection registered since
+    /// is still honoured (`IngestError::Discarded`). On any error nothing remains (the blob is
+    /// removed).
     pub async fn ingest<S, E>(
         &self,
+        admitted: Admitted,
         meta: CallMetadata,
         hint: FormatHint,
         source: S,
@@ -190,18 +255,16 @@ impl Pipeline {
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
-        let call_hmac = self.keyring.digest(CALL_ID_DOMAIN, &meta.call_id);
-        let existing = self
-            .catalog
-            .call(move |catalog| catalog.recording_by_call(&call_hmac))
-            .await?;
-        if let Some(existing) = existing {
-            return self.repeat(existing, source).await;
-        }
-
-        let id = BlobId::generate();
-        let (key, wrapped_key) = self.keyring.new_recording_key(&id)?;
-        let mut writer = BlobWriter::create(&self.vault, id, &key, self.max_bytes).await?;
+        let Admitted { call_hmac, next } = admitted;
+        let NewBlob {
+            mut writer,
+            key,
+            wrapped_key,
+        } = match next {
+            Next::Repeat(existing) => return self.repeat(*existing, source).await,
+            Next::New(new) => *new,
+        };
+        let id = writer.id();
         let mut prober = Prober::start(hint);
         let mut hasher = Sha256::new();
         let mut source = source;
@@ -215,7 +278,7 @@ impl Pipeline {
             prober.feed(chunk).await?;
         }
         let info = prober.finish().await?;
-        let sealed = writer.finish().await?;
+        let size = writer.len();
 
         let now = self.clock.now();
         let retain_until = self.retention.after(meta.started_at);
@@ -258,7 +321,7 @@ impl Pipeline {
             ingested_at: now,
             state: RecordingState::Stored,
             audio: audio.clone(),
-            size: sealed.plaintext_len,
+            size,
             sha256,
             wrapped_key,
             sealed_meta,
@@ -272,11 +335,11 @@ impl Pipeline {
             Outcome::Allowed,
         )
         .detail(format!("{} {} ms", audio.codec, audio.duration_ms));
-        let insert_row = row.clone();
-        let inserted = self
-            .catalog
-            .call(move |catalog| catalog.insert_recording(&insert_row, draft, now))
-            .await;
+        // The row commits on the thread that made the blob durable, right after it.
+        let catalog = self.catalog.clone();
+        let (_, inserted) = writer
+            .finish_then(move |_| catalog.insert_recording(&row, draft, now))
+            .await?;
         let inserted = match inserted {
             Ok(inserted) => inserted,
             Err(error) => {
@@ -292,7 +355,7 @@ impl Pipeline {
                     id,
                     audio,
                     sha256,
-                    size: sealed.plaintext_len,
+                    size,
                     retain_until,
                     repeated: false,
                 })

@@ -1080,8 +1080,8 @@ async fn take(
         }
     };
     let sender = &context.sender;
-    match context.pipeline.admit(&meta, sender).await {
-        Ok(Admission::Admit) => {}
+    let admitted = match context.pipeline.admit(&meta, sender).await {
+        Ok(Admission::Admit(admitted)) => admitted,
         Ok(Admission::Discard(reason)) => {
             // Guarantee 5: nothing of a discarded call is read or kept; the gate audited it.
             drop(file);
@@ -1098,11 +1098,11 @@ async fn take(
                 resume: None,
             });
         }
-    }
+    };
     let hint = FormatHint::from_file_name(audio);
     match context
         .pipeline
-        .ingest(meta, hint, chunks(file), sender)
+        .ingest(admitted, meta, hint, chunks(file), sender)
         .await
     {
         Ok(stored) => {

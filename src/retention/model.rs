@@ -415,13 +415,15 @@ impl Real {
             .runtime
             .block_on(pipeline.admit(&meta, &sender))
             .unwrap();
-        if let Admission::Discard(_) = admission {
-            return None;
-        }
+        let admitted = match admission {
+            Admission::Admit(admitted) => admitted,
+            Admission::Discard(_) => return None,
+        };
         let audio = [Ok::<Bytes, Infallible>(Bytes::from(tiny_wav(self.n_calls)))];
         let stored = self
             .runtime
             .block_on(pipeline.ingest(
+                admitted,
                 meta,
                 FormatHint::from_file_name("call.wav"),
                 futures_util::stream::iter(audio),

@@ -130,7 +130,41 @@ impl BlobWriter {
         .await
     }
 
+    /// Same as `create`, on the calling thread, which may block: for a caller already on a
+    /// blocking thread (the ingest gate opens the writer in the hand-off that runs its catalog
+    /// lookups).
+    pub fn create_blocking(
+        vault: &Vault,
+        id: BlobId,
+        key: &DataKey,
+        limit: u64,
+    ) -> Result<BlobWriter, VaultError> {
+        let mut writer = BlobWriter::unopened(vault, id, key, limit, vault.blob_path(&id))?;
+        writer.file = Some(create_temp(writer.temp.path())?);
+        Ok(writer)
+    }
+
     async fn create_at(
+        vault: &Vault,
+        id: BlobId,
+        key: &DataKey,
+        limit: u64,
+        final_path: PathBuf,
+    ) -> Result<BlobWriter, VaultError> {
+        let mut writer = BlobWriter::unopened(vault, id, key, limit, final_path)?;
+        let temp_path = writer.temp.path().to_owned();
+        let file = tokio::task::spawn_blocking(move || create_temp(&temp_path))
+            .await
+            .map_err(|join| VaultError::Write {
+                path: writer.temp.path().to_owned(),
+                source: std::io::Error::other(join.to_string()),
+            })??;
+        writer.file = Some(file);
+        Ok(writer)
+    }
+
+    /// A writer whose temporary file is not created yet (its guard is armed already).
+    fn unopened(
         vault: &Vault,
         id: BlobId,
         key: &DataKey,
@@ -149,21 +183,14 @@ impl BlobWriter {
             hex::encode(suffix),
             crate::vault::TEMP_SUFFIX
         ));
-        let temp = DeleteOnDrop(Some(temp_path.clone()));
-        let file = tokio::task::spawn_blocking(move || create_temp(&temp_path))
-            .await
-            .map_err(|join| VaultError::Write {
-                path: temp.path().to_owned(),
-                source: std::io::Error::other(join.to_string()),
-            })??;
         let mut buffer = Vec::with_capacity(HEADER_LEN + vault.chunk_size() as usize + TAG_LEN);
         buffer.extend_from_slice(&header.encode());
         Ok(BlobWriter {
             id,
             header,
             cipher: key.cipher(),
-            file: Some(file),
-            temp,
+            file: None,
+            temp: DeleteOnDrop(Some(temp_path)),
             final_path,
             sealed_len: buffer.len(),
             buffer,
@@ -218,13 +245,29 @@ impl BlobWriter {
     /// Seals the last chunk and, in one blocking hand-off, writes what is left, fsyncs,
     /// renames into place and fsyncs the directory. After this returns the blob survives power
     /// loss; the caller may commit the catalog row.
-    pub async fn finish(mut self) -> Result<SealedBlob, VaultError> {
+    pub async fn finish(self) -> Result<SealedBlob, VaultError> {
+        Ok(self.finish_then(|_| ()).await?.0)
+    }
+
+    /// Same, then runs `then` on the same blocking thread once the blob is durable: the
+    /// ingest pipeline commits the catalog row there, which saves a hand-off (two thread
+    /// switches) per recording. `then` never runs if the blob could not be made durable.
+    pub async fn finish_then<T, F>(mut self, then: F) -> Result<(SealedBlob, T), VaultError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&SealedBlob) -> T + Send + 'static,
+    {
         self.seal_open_chunk(true)?;
+        let sealed = SealedBlob {
+            id: self.id,
+            plaintext_len: self.plaintext_len,
+            blob_len: Layout::blob_len(self.header.chunk_size, self.plaintext_len),
+        };
         let temp_path = self.temp.path().to_owned();
         let mut file = self.lend_file()?;
         let buffer = std::mem::take(&mut self.buffer);
         let final_path = self.final_path.clone();
-        let done = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, VaultError> {
+        let done = tokio::task::spawn_blocking(move || -> Result<(Vec<u8>, T), VaultError> {
             let write_error = |source| VaultError::Write {
                 path: temp_path.clone(),
                 source,
@@ -236,37 +279,31 @@ impl BlobWriter {
                 path: final_path.clone(),
                 source,
             })?;
-            sync_dir(crate::vault::parent_of(&final_path))?;
-            Ok(buffer)
-        })
-        .await;
-        let renamed = match done {
-            Ok(result) => result,
-            Err(join) => Err(VaultError::Write {
-                path: self.final_path.clone(),
-                source: std::io::Error::other(join.to_string()),
-            }),
-        };
-        match renamed {
-            Ok(buffer) => {
-                self.temp.disarm();
-                if buffer.capacity() >= WRITE_BATCH {
-                    self.pool.put(buffer);
-                }
-            }
-            Err(error) => {
-                // Renamed but the directory fsync failed: the final path goes too.
-                if self.final_path.exists() {
-                    let _ = std::fs::remove_file(&self.final_path);
-                }
+            if let Err(error) = sync_dir(crate::vault::parent_of(&final_path)) {
+                // Renamed but not durably: the final path goes too.
+                let _ = std::fs::remove_file(&final_path);
                 return Err(error);
             }
-        }
-        Ok(SealedBlob {
-            id: self.id,
-            plaintext_len: self.plaintext_len,
-            blob_len: Layout::blob_len(self.header.chunk_size, self.plaintext_len),
+            Ok((buffer, then(&sealed)))
         })
+        .await;
+        let (buffer, value) = match done {
+            Ok(result) => result?,
+            Err(join) => {
+                // The blocking task panicked (in `then`, or before the rename): whatever is at
+                // the final path is not acknowledged, and goes.
+                let _ = std::fs::remove_file(&self.final_path);
+                return Err(VaultError::Write {
+                    path: self.final_path.clone(),
+                    source: std::io::Error::other(join.to_string()),
+                });
+            }
+        };
+        self.temp.disarm();
+        if buffer.capacity() >= WRITE_BATCH {
+            self.pool.put(buffer);
+        }
+        Ok((sealed, value))
     }
 
     /// The stream is fast: sealed chunks gather in a batch buffer from the pool, sized once

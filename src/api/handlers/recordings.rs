@@ -176,7 +176,7 @@ async fn upload_parts(
             other => ApiError::Internal(other.to_string()),
         }
     };
-    match pipeline.admit(&meta, &sender).await.map_err(ingest_error)? {
+    let admitted = match pipeline.admit(&meta, &sender).await.map_err(ingest_error)? {
         Admission::Discard(reason) => {
             // Answer at once; the rest of the body is never read (nor stored).
             return Ok(json(
@@ -184,8 +184,8 @@ async fn upload_parts(
                 &serde_json::json!({ "status": "discarded", "reason": reason }),
             ));
         }
-        Admission::Admit => {}
-    }
+        Admission::Admit(admitted) => admitted,
+    };
     let audio = multipart
         .next_field()
         .await
@@ -200,7 +200,7 @@ async fn upload_parts(
         Some(name) => FormatHint::from_file_name(name),
         None => FormatHint::default(),
     };
-    let stored = match pipeline.ingest(meta, hint, audio, &sender).await {
+    let stored = match pipeline.ingest(admitted, meta, hint, audio, &sender).await {
         Ok(stored) => stored,
         // Objected to while the audio arrived: discarded all the same.
         Err(IngestError::Discarded(reason)) => {
