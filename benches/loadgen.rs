@@ -6,9 +6,11 @@
 //! Two modes:
 //! - bulk (default): `--files N` uploads as fast as the server takes them, bodies of known
 //!   length sent in 64 KiB frames; with `--baseline-dir DIR` the same files are also written
-//!   with write+fsync into DIR by M threads, just before the uploads and just after (the faster
-//!   copy is the reference of the printed ingest/copy ratio), then hashed and written through
-//!   the vault alone (`BlobWriter`, M tasks, no network or catalog): the ceiling of that ratio.
+//!   with write+fsync into DIR by M threads (the reference of the printed ingest/copy ratio),
+//!   and hashed and written through the vault alone (`BlobWriter`, M tasks, no network or
+//!   catalog: the ceiling of that ratio). The three phases are interleaved in `--rounds`
+//!   rounds, in an order rotating from round to round, so that a disk whose speed drifts
+//!   (a virtual disk takes its first GB after a pause several times faster) favours none.
 //! - `--realtime`: every upload is paced like a live call (8000 bytes/s, 100 ms chunks of
 //!   800 bytes, chunked transfer encoding), and the time each chunk waits between its scheduled
 //!   instant and being taken by the connection is reported. With `--duration SECS`, M live
@@ -104,11 +106,19 @@ struct Options {
     /// File holding the server's process id (alternative to --server-pid).
     #[arg(long, value_name = "FILE", conflicts_with = "server_pid")]
     server_pid_file: Option<PathBuf>,
-    /// Bulk mode only: afterwards write the same files with write+fsync into a new
-    /// subdirectory of DIR (removed at the end) with --concurrency threads, and print that
-    /// throughput and the ingest/copy ratio. Put DIR on the server's data disk.
+    /// Bulk mode only: also write the same files with write+fsync into a new subdirectory of
+    /// DIR with --concurrency threads, and through the vault alone (SHA-256 and `BlobWriter`,
+    /// --concurrency tasks), interleaved with the uploads (see --rounds); print both
+    /// throughputs and the ratios. Everything written there is removed at the end. Put DIR on
+    /// the server's data disk.
     #[arg(long, value_name = "DIR")]
     baseline_dir: Option<PathBuf>,
+    /// With --baseline-dir: the files go in this many rounds; each round uploads, copies and
+    /// writes through the vault alone its share of the files, the three phases in an order that
+    /// rotates from one round to the next, so that every phase meets the disk in the same
+    /// states (a virtual disk's speed drifts by 2 to 4 times within a minute).
+    #[arg(long, default_value_t = 12, value_name = "K")]
+    rounds: u64,
     /// Print the summary as one JSON line on stdout (progress still goes to stderr).
     #[arg(long)]
     json: bool,
@@ -815,14 +825,16 @@ fn hyper_reason(error: &hyper::Error) -> String {
     }
 }
 
-/// One stream: uploads on its connection until the files or the duration run out.
+/// One stream: uploads on its connection until upload number `end` or the duration is
+/// reached; hands back its connection (for the next round) and its report.
 async fn stream(
     shared: Arc<Shared>,
     index: usize,
     mut connection: Option<Connection>,
     mut report: StreamReport,
     load_start: Instant,
-) -> StreamReport {
+    end: u64,
+) -> (usize, Option<Connection>, StreamReport) {
     let options = &shared.options;
     let full = shared.pool[0].len();
     let mut first = true;
@@ -834,7 +846,7 @@ async fn stream(
             break;
         }
         let number = shared.next.fetch_add(1, Ordering::Relaxed);
-        if shared.deadline.is_none() && number >= options.files {
+        if shared.deadline.is_none() && number >= end {
             break;
         }
         // Steady state from the start: the first call of stream i is (i+1)/M of a full call,
@@ -869,7 +881,7 @@ async fn stream(
             tokio::time::sleep_until(next.into()).await;
         }
     }
-    report
+    (index, connection, report)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -954,15 +966,16 @@ fn server_pid(options: &Options) -> Result<Option<u32>, String> {
 // ---------------------------------------------------------------------------------------------
 // Baseline: the same files written with write+fsync
 
-/// The references a bulk run is measured against (`--baseline-dir`).
+/// The references a bulk run is measured against (`--baseline-dir`), measured in the same
+/// rounds as the uploads.
 struct Baselines {
-    /// write+fsync of the same files, just before the uploads and just after: the disk's speed
-    /// drifts (a virtual disk, writeback of other files), and the faster of the two is the
-    /// reference.
-    copy_before: Baseline,
-    copy_after: Baseline,
+    rounds: u64,
+    /// write+fsync of the same files.
+    copy: Baseline,
     /// The vault's hashing, sealing and durable write of the same files, in this process.
     floor: Baseline,
+    /// MB/s of each phase in each round: copy, ingest, vault alone.
+    per_round: Vec<[f64; 3]>,
 }
 
 impl Baselines {
@@ -970,8 +983,10 @@ impl Baselines {
     /// journal skips recently freed inodes when it creates files, so files deleted between two
     /// phases would slow the next one.
     fn remove(&mut self) {
-        for baseline in [&mut self.copy_before, &mut self.copy_after, &mut self.floor] {
-            if let Err(e) = std::fs::remove_dir_all(&baseline.dir) {
+        for baseline in [&mut self.copy, &mut self.floor] {
+            if baseline.dir.exists()
+                && let Err(e) = std::fs::remove_dir_all(&baseline.dir)
+            {
                 let dir = baseline.dir.display();
                 baseline
                     .error
@@ -980,15 +995,20 @@ impl Baselines {
         }
     }
 
-    /// The faster copy: the harder reference.
-    fn copy(&self) -> &Baseline {
-        match self.copy_after.rates().1 > self.copy_before.rates().1 {
-            true => &self.copy_after,
-            false => &self.copy_before,
-        }
+    /// The median over the rounds of ingest MB/s over copy MB/s.
+    fn median_round_ratio(&self) -> Option<f64> {
+        let mut ratios: Vec<f64> = self
+            .per_round
+            .iter()
+            .filter(|[copy, _, _]| *copy > 0.0)
+            .map(|[copy, ingest, _]| ingest / copy)
+            .collect();
+        ratios.sort_by(f64::total_cmp);
+        ratios.get(ratios.len() / 2).copied()
     }
 }
 
+/// One phase's totals over the rounds.
 struct Baseline {
     dir: PathBuf,
     wall: Duration,
@@ -1000,6 +1020,28 @@ struct Baseline {
 }
 
 impl Baseline {
+    fn empty(dir: PathBuf) -> Baseline {
+        Baseline {
+            dir,
+            wall: Duration::ZERO,
+            files: 0,
+            bytes: 0,
+            error: None,
+            busy_cpu_s: Some(0.0),
+        }
+    }
+
+    /// Adds one round's share.
+    fn add(&mut self, round: Baseline) {
+        self.wall += round.wall;
+        self.files += round.files;
+        self.bytes += round.bytes;
+        self.busy_cpu_s = self.busy_cpu_s.zip(round.busy_cpu_s).map(|(a, b)| a + b);
+        if let Some(error) = round.error {
+            self.error.get_or_insert(error);
+        }
+    }
+
     /// Files/s and MB/s.
     fn rates(&self) -> (f64, f64) {
         let secs = self.wall.as_secs_f64().max(1e-9);
@@ -1019,23 +1061,28 @@ impl Baseline {
     }
 }
 
-/// Writes the files into `dir` with write+fsync; leaves them there (see `Baselines::remove`).
-fn baseline(pool: &[Bytes], options: &Options, run: &str, dir: &Path) -> Result<Baseline, String> {
-    let dir = dir.to_owned();
-    std::fs::create_dir_all(&dir).map_err(|e| format!("--baseline-dir {}: {e}", dir.display()))?;
-    let files = options.files;
-    let next = AtomicU64::new(0);
+/// Writes files number `range` into `dir` with write+fsync on `threads` threads; leaves them
+/// there (see `Baselines::remove`).
+fn copy_files(
+    pool: &[Bytes],
+    threads: usize,
+    run: &str,
+    dir: &Path,
+    range: std::ops::Range<u64>,
+) -> Baseline {
+    let next = AtomicU64::new(range.start);
     let written = AtomicU64::new(0);
     let bytes = AtomicU64::new(0);
     let failed = AtomicBool::new(false);
     let first_error: Mutex<Option<String>> = Mutex::new(None);
+    let busy_before = busy_seconds();
     let start = Instant::now();
     std::thread::scope(|scope| {
-        for _ in 0..options.concurrency {
+        for _ in 0..threads {
             scope.spawn(|| {
                 while !failed.load(Ordering::Relaxed) {
                     let number = next.fetch_add(1, Ordering::Relaxed);
-                    if number >= files {
+                    if number >= range.end {
                         break;
                     }
                     let audio = &pool[(number % pool.len() as u64) as usize];
@@ -1065,71 +1112,58 @@ fn baseline(pool: &[Bytes], options: &Options, run: &str, dir: &Path) -> Result<
         }
     });
     let wall = start.elapsed();
-    let error = first_error.into_inner().unwrap_or_default();
-    Ok(Baseline {
-        dir,
+    Baseline {
+        dir: dir.to_owned(),
         wall,
         files: written.into_inner(),
         bytes: bytes.into_inner(),
-        error,
-        busy_cpu_s: None,
-    })
+        error: first_error.into_inner().unwrap_or_default(),
+        busy_cpu_s: busy_before.zip(busy_seconds()).map(|(a, b)| b - a),
+    }
 }
 
-/// `baseline` on a blocking thread, announced.
-async fn copy_baseline(
-    pool: &[Bytes],
-    options: &Options,
-    run: &str,
-    dir: &Path,
-    when: &str,
-) -> Result<Baseline, RunError> {
-    eprintln!(
-        "loadgen: baseline {when}: writing {} files with write+fsync under {} ({} threads)",
-        options.files,
-        dir.display(),
-        options.concurrency
-    );
-    let dir = dir.join(format!(
-        "loadgen-baseline-{run}-{}",
-        when.split(' ').next().unwrap_or("copy")
-    ));
-    let (pool, options, run) = (pool.to_vec(), options.clone(), run.to_owned());
-    let busy_before = busy_seconds();
-    let mut copy = tokio::task::spawn_blocking(move || baseline(&pool, &options, &run, &dir))
+/// `copy_files` on a blocking thread.
+async fn copy_round(shared: &Arc<Shared>, dir: &Path, range: std::ops::Range<u64>) -> Baseline {
+    let (shared, dir) = (Arc::clone(shared), dir.to_owned());
+    let threads = shared.options.concurrency;
+    let failed_dir = dir.clone();
+    tokio::task::spawn_blocking(move || copy_files(&shared.pool, threads, &shared.run, &dir, range))
         .await
-        .map_err(|e| RunError::Usage(format!("baseline: {e}")))?
-        .map_err(RunError::Usage)?;
-    copy.busy_cpu_s = busy_before.zip(busy_seconds()).map(|(a, b)| b - a);
-    Ok(copy)
+        .unwrap_or_else(|e| Baseline {
+            error: Some(format!("copy thread: {e}")),
+            ..Baseline::empty(failed_dir)
+        })
 }
 
-/// The vault's own work on the same files, with the same concurrency, in this process: SHA-256
-/// of the original and callguard's real write path (`BlobWriter`: AES-256-GCM chunks, temporary
-/// file, fsync, rename, directory fsync), fed in the bulk upload's 64 KiB frames; no TLS, HTTP,
-/// probing or catalog. What is left of the copy's throughput once the bytes are hashed and
-/// sealed: the floor under any ingest that keeps the vault's guarantees on this machine.
-async fn vault_floor(shared: Arc<Shared>, parent: &Path) -> Result<Baseline, String> {
+/// The vault's own work on files number `range`, with the same concurrency, in this process:
+/// SHA-256 of the original and callguard's real write path (`BlobWriter`: AES-256-GCM chunks,
+/// temporary file, fsync, rename, directory fsync), fed in the bulk upload's 64 KiB frames; no
+/// TLS, HTTP, probing or catalog. What is left of the copy's throughput once the bytes are
+/// hashed and sealed: the floor under any ingest that keeps the vault's guarantees here.
+async fn vault_round(
+    shared: &Arc<Shared>,
+    vault: &callguard::vault::Vault,
+    range: std::ops::Range<u64>,
+) -> Baseline {
+    use callguard::vault::BlobId;
     use callguard::vault::keys::DataKey;
     use callguard::vault::store::BlobWriter;
-    use callguard::vault::{BlobId, Vault};
     use sha2::Digest;
 
-    let dir = parent.join(format!("loadgen-vault-{}", shared.run));
-    let vault = Vault::open(&dir).map_err(|e| format!("--baseline-dir {}: {e}", dir.display()))?;
     let written = Arc::new(AtomicU64::new(0));
     let bytes = Arc::new(AtomicU64::new(0));
-    let next = Arc::new(AtomicU64::new(0));
+    let next = Arc::new(AtomicU64::new(range.start));
     let busy_before = busy_seconds();
     let start = Instant::now();
     let mut tasks = JoinSet::new();
     for _ in 0..shared.options.concurrency {
-        let (shared, vault) = (Arc::clone(&shared), vault.clone());
+        let (shared, vault) = (Arc::clone(shared), vault.clone());
         let (written, bytes, next) = (Arc::clone(&written), Arc::clone(&bytes), Arc::clone(&next));
+        let end = range.end;
         tasks.spawn(async move {
             loop {
                 let number = next.fetch_add(1, Ordering::Relaxed);
-                if number >= shared.options.files {
+                if number >= end {
                     return Ok::<(), String>(());
                 }
                 let audio = shared.audio(number, None);
@@ -1162,16 +1196,73 @@ async fn vault_floor(shared: Arc<Shared>, parent: &Path) -> Result<Baseline, Str
             error.get_or_insert(e);
         }
     }
-    let wall = start.elapsed();
-    let busy_cpu_s = busy_before.zip(busy_seconds()).map(|(a, b)| b - a);
-    Ok(Baseline {
-        dir,
-        wall,
+    Baseline {
+        dir: vault.dir().to_owned(),
+        wall: start.elapsed(),
         files: written.load(Ordering::Relaxed),
         bytes: bytes.load(Ordering::Relaxed),
         error,
-        busy_cpu_s,
-    })
+        busy_cpu_s: busy_before.zip(busy_seconds()).map(|(a, b)| b - a),
+    }
+}
+
+/// The phases of a round with baselines.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Copy,
+    Ingest,
+    Vault,
+}
+
+impl Phase {
+    /// Round `round`'s order: each phase comes first, second and third equally often over
+    /// any three consecutive rounds.
+    fn order(round: u64) -> [Phase; 3] {
+        let mut order = [Phase::Copy, Phase::Ingest, Phase::Vault];
+        order.rotate_left((round % 3) as usize);
+        order
+    }
+}
+
+/// The uploads of one round: every stream uploads from the shared counter up to `end`, on the
+/// connection the previous round left it; returns the round's wall time.
+async fn upload_round(
+    shared: &Arc<Shared>,
+    slots: &mut [(Option<Connection>, StreamReport)],
+    load_start: Instant,
+    range: std::ops::Range<u64>,
+) -> Duration {
+    shared.next.store(range.start, Ordering::Relaxed);
+    let started = Instant::now();
+    let mut streams = JoinSet::new();
+    for (index, slot) in slots.iter_mut().enumerate() {
+        let (connection, report) = std::mem::take(slot);
+        streams.spawn(stream(
+            shared.clone(),
+            index,
+            connection,
+            report,
+            load_start,
+            range.end,
+        ));
+    }
+    while let Some(joined) = streams.join_next().await {
+        match joined {
+            Ok((index, connection, report)) => slots[index] = (connection, report),
+            Err(error) => eprintln!("loadgen: a stream failed: {error}"),
+        }
+    }
+    started.elapsed()
+}
+
+/// Bytes of the stored uploads in `slots` so far.
+fn stored_bytes(slots: &[(Option<Connection>, StreamReport)]) -> u64 {
+    slots
+        .iter()
+        .flat_map(|(_, report)| &report.records)
+        .filter(|record| record.stored)
+        .map(|record| record.audio_bytes)
+        .sum()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1278,16 +1369,6 @@ async fn run(options: Options) -> Result<(), RunError> {
         }
     );
 
-    let copy_before = match &options.baseline_dir {
-        Some(dir) => Some(copy_baseline(&pool, &options, &run, dir, "before the uploads").await?),
-        None => None,
-    };
-
-    let cpu_before = (
-        pid.and_then(|pid| cpu_seconds(&pid.to_string())),
-        cpu_seconds("self"),
-        busy_seconds(),
-    );
     let load_start = Instant::now();
     let shared = Arc::new(Shared {
         deadline: options
@@ -1334,33 +1415,116 @@ async fn run(options: Options) -> Result<(), RunError> {
         })
     };
 
-    let mut streams = JoinSet::new();
-    for (index, connection) in connections.into_iter().enumerate() {
-        let report = StreamReport {
-            connections: u64::from(connection.is_some()),
-            ..StreamReport::default()
-        };
-        streams.spawn(stream(
-            shared.clone(),
-            index,
-            connection,
-            report,
-            load_start,
-        ));
-    }
-    let mut reports = Vec::with_capacity(options.concurrency);
-    while let Some(joined) = streams.join_next().await {
-        match joined {
-            Ok(report) => reports.push(report),
-            Err(error) => eprintln!("loadgen: a stream failed: {error}"),
+    // Without baselines, one round of every upload. With them, `--rounds` rounds, each
+    // uploading, copying and writing through the vault alone its share of the files.
+    let rounds = match &options.baseline_dir {
+        Some(_) if options.duration.is_none() => options.rounds.clamp(1, options.files.max(1)),
+        _ => 1,
+    };
+    let (copy_dir, vault) = match &options.baseline_dir {
+        Some(dir) => {
+            let copy_dir = dir.join(format!("loadgen-baseline-{run}"));
+            std::fs::create_dir_all(&copy_dir)
+                .map_err(|e| usage(format!("--baseline-dir {}: {e}", copy_dir.display())))?;
+            let vault_dir = dir.join(format!("loadgen-vault-{run}"));
+            let vault = callguard::vault::Vault::open(&vault_dir)
+                .map_err(|e| usage(format!("--baseline-dir {}: {e}", vault_dir.display())))?;
+            eprintln!(
+                "loadgen: {rounds} rounds, each uploading, copying with write+fsync (under {}) and writing through the vault alone (under {}) its share of the files, {} at a time",
+                copy_dir.display(),
+                vault_dir.display(),
+                options.concurrency
+            );
+            (Some(copy_dir), Some(vault))
         }
+        None => (None, None),
+    };
+    let mut copy = copy_dir.clone().map(Baseline::empty);
+    let mut floor = vault
+        .as_ref()
+        .map(|vault| Baseline::empty(vault.dir().to_owned()));
+    let mut per_round = Vec::new();
+    let mut slots: Vec<(Option<Connection>, StreamReport)> = connections
+        .into_iter()
+        .map(|connection| {
+            let report = StreamReport {
+                connections: u64::from(connection.is_some()),
+                ..StreamReport::default()
+            };
+            (connection, report)
+        })
+        .collect();
+    let mut wall = Duration::ZERO;
+    let (mut server_cpu, mut loadgen_cpu, mut busy_cpu) = (Some(0.0), Some(0.0), Some(0.0));
+    let files = if options.duration.is_some() {
+        u64::MAX
+    } else {
+        options.files
+    };
+    for round in 0..rounds {
+        let range = match rounds {
+            1 => 0..files,
+            _ => round * files / rounds..(round + 1) * files / rounds,
+        };
+        let mut rates = [0.0; 3];
+        for phase in Phase::order(round) {
+            match (phase, &copy_dir, &vault) {
+                (Phase::Ingest, _, _) => {
+                    let bytes_before = stored_bytes(&slots);
+                    let cpu_before = (
+                        pid.and_then(|pid| cpu_seconds(&pid.to_string())),
+                        cpu_seconds("self"),
+                        busy_seconds(),
+                    );
+                    let took = upload_round(&shared, &mut slots, load_start, range.clone()).await;
+                    let delta = |before: Option<f64>, after: Option<f64>| {
+                        before.zip(after).map(|(a, b)| b - a)
+                    };
+                    let add =
+                        |sum: Option<f64>, part: Option<f64>| sum.zip(part).map(|(a, b)| a + b);
+                    server_cpu = add(
+                        server_cpu,
+                        delta(
+                            cpu_before.0,
+                            pid.and_then(|pid| cpu_seconds(&pid.to_string())),
+                        ),
+                    );
+                    loadgen_cpu = add(loadgen_cpu, delta(cpu_before.1, cpu_seconds("self")));
+                    busy_cpu = add(busy_cpu, delta(cpu_before.2, busy_seconds()));
+                    wall += took;
+                    rates[1] = (stored_bytes(&slots) - bytes_before) as f64
+                        / 1e6
+                        / took.as_secs_f64().max(1e-9);
+                }
+                (Phase::Copy, Some(dir), _) => {
+                    let part = copy_round(&shared, dir, range.clone()).await;
+                    rates[0] = part.rates().1;
+                    if let Some(copy) = copy.as_mut() {
+                        copy.add(part);
+                    }
+                }
+                (Phase::Vault, _, Some(vault)) => {
+                    let part = vault_round(&shared, vault, range.clone()).await;
+                    rates[2] = part.rates().1;
+                    if let Some(floor) = floor.as_mut() {
+                        floor.add(part);
+                    }
+                }
+                _ => {}
+            }
+        }
+        if rounds > 1 {
+            eprintln!(
+                "loadgen: round {}/{rounds}: copy {:.0} MB/s, ingest {:.0} MB/s, vault alone {:.0} MB/s",
+                round + 1,
+                rates[0],
+                rates[1],
+                rates[2]
+            );
+        }
+        per_round.push(rates);
     }
-    let wall = load_start.elapsed();
-    let cpu_after = (
-        pid.and_then(|pid| cpu_seconds(&pid.to_string())),
-        cpu_seconds("self"),
-        busy_seconds(),
-    );
+    let reports: Vec<StreamReport> = slots.into_iter().map(|(_, report)| report).collect();
     reporter.abort();
     if let Some(sampler) = sampler {
         sampler.abort();
@@ -1371,21 +1535,13 @@ async fn run(options: Options) -> Result<(), RunError> {
     {
         peak_rss.fetch_max(rss, Ordering::Relaxed);
     }
-
-    let baseline = match (&options.baseline_dir, copy_before) {
-        (Some(dir), Some(copy_before)) => {
-            let copy_after =
-                copy_baseline(&shared.pool, &options, &run, dir, "after the uploads").await?;
-            eprintln!(
-                "loadgen: vault alone: SHA-256 and BlobWriter on the same files under {} ({} tasks)",
-                dir.display(),
-                options.concurrency
-            );
-            let floor = vault_floor(shared.clone(), dir).await.map_err(usage)?;
+    let baseline = match (copy, floor) {
+        (Some(copy), Some(floor)) => {
             let mut baselines = Baselines {
-                copy_before,
-                copy_after,
+                rounds,
+                copy,
                 floor,
+                per_round,
             };
             baselines.remove();
             Some(baselines)
@@ -1406,9 +1562,9 @@ async fn run(options: Options) -> Result<(), RunError> {
                 0 => None,
                 kib => Some(kib),
             },
-            server_cpu_s: cpu_before.0.zip(cpu_after.0).map(|(a, b)| b - a),
-            loadgen_cpu_s: cpu_before.1.zip(cpu_after.1).map(|(a, b)| b - a),
-            busy_cpu_s: cpu_before.2.zip(cpu_after.2).map(|(a, b)| b - a),
+            server_cpu_s: server_cpu,
+            loadgen_cpu_s: loadgen_cpu,
+            busy_cpu_s: busy_cpu,
             cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
         },
         baseline,
@@ -1619,7 +1775,7 @@ impl Summary {
     }
 
     fn baseline_rates(&self) -> Option<(f64, f64)> {
-        Some(self.baseline.as_ref()?.copy().rates())
+        Some(self.baseline.as_ref()?.copy.rates())
     }
 
     /// Ingest MB/s over the copy's.
@@ -1631,7 +1787,7 @@ impl Summary {
     /// The vault alone's MB/s over the copy's.
     fn floor_ratio(&self) -> Option<f64> {
         let baselines = self.baseline.as_ref()?;
-        let (_, copy) = baselines.copy().rates();
+        let (_, copy) = baselines.copy.rates();
         let (_, floor) = baselines.floor.rates();
         (copy > 0.0).then(|| floor / copy)
     }
@@ -1668,7 +1824,14 @@ impl Summary {
             self.connect_wall.as_secs_f64(),
             self.peak_in_flight
         ));
-        line(format!("wall time: {:.2} s", self.wall.as_secs_f64()));
+        line(match &self.baseline {
+            Some(baselines) => format!(
+                "wall time: {:.2} s (the uploads' {} rounds, summed)",
+                self.wall.as_secs_f64(),
+                baselines.rounds
+            ),
+            None => format!("wall time: {:.2} s", self.wall.as_secs_f64()),
+        });
         line(format!(
             "uploads: {} attempted, {} stored, {} discarded (2xx, not stored), {} errors",
             self.attempted, self.stored, self.discarded, self.errors
@@ -1713,42 +1876,25 @@ impl Summary {
             }
         }
         if let Some(baselines) = &self.baseline {
-            let floor = &baselines.floor;
-            for (when, copy) in [
-                ("before the uploads", &baselines.copy_before),
-                ("after the uploads", &baselines.copy_after),
-            ] {
-                let (files, mb) = copy.rates();
-                line(format!(
-                    "baseline {when} (write+fsync of the same files under {}, {} threads): {:.2} files/s, {:.2} MB/s ({} files in {:.2} s{})",
-                    copy.dir.display(),
-                    self.concurrency,
-                    files,
-                    mb,
-                    copy.files,
-                    copy.wall.as_secs_f64(),
-                    copy.cpu_text()
-                ));
-                if let Some(error) = &copy.error {
-                    line(format!("baseline error: {error}"));
-                }
-            }
-            line(match self.ratio() {
-                Some(ratio) => format!(
-                    "ingest / copy+fsync: {:.0} % (MB/s, against the faster copy; target ≥ 50 %)",
-                    ratio * 100.0
-                ),
-                None => "ingest / copy+fsync: unknown".into(),
-            });
-            let (_, after_mb) = baselines.copy_after.rates();
-            if after_mb > 0.0 {
-                // The copy before the uploads often catches a disk that has been idle (a host
-                // absorbs the first GB or so faster); the one after sees the disk as the uploads
-                // left it.
-                line(format!(
-                    "ingest / copy+fsync after the uploads: {:.0} % (the disk in the state the uploads left it)",
-                    self.megabytes_per_second() / after_mb * 100.0
-                ));
+            let (copy, floor) = (&baselines.copy, &baselines.floor);
+            line(format!(
+                "interleaved: {} rounds of about {} files, each uploading, copying and writing through the vault alone its share, the order of the three rotating from round to round; each figure sums its phase's rounds",
+                baselines.rounds,
+                self.files / baselines.rounds.max(1)
+            ));
+            let (copy_files, copy_mb) = copy.rates();
+            line(format!(
+                "copy+fsync (write+fsync of the same files under {}, {} threads): {:.2} files/s, {:.2} MB/s ({} files in {:.2} s{})",
+                copy.dir.display(),
+                self.concurrency,
+                copy_files,
+                copy_mb,
+                copy.files,
+                copy.wall.as_secs_f64(),
+                copy.cpu_text()
+            ));
+            if let Some(error) = &copy.error {
+                line(format!("copy error: {error}"));
             }
             let (floor_files, floor_mb) = floor.rates();
             line(format!(
@@ -1763,6 +1909,40 @@ impl Summary {
             if let Some(error) = &floor.error {
                 line(format!("vault alone error: {error}"));
             }
+            line(match self.ratio() {
+                Some(ratio) => format!(
+                    "ingest / copy+fsync: {:.0} % (MB/s, same rounds; target ≥ 50 %)",
+                    ratio * 100.0
+                ),
+                None => "ingest / copy+fsync: unknown".into(),
+            });
+            if let Some(median) = baselines.median_round_ratio() {
+                let ratios: Vec<String> = baselines
+                    .per_round
+                    .iter()
+                    .filter(|[copy, _, _]| *copy > 0.0)
+                    .map(|[copy, ingest, _]| format!("{:.0}", ingest / copy * 100.0))
+                    .collect();
+                line(format!(
+                    "ingest / copy+fsync round by round: median {:.0} % (rounds, %: {})",
+                    median * 100.0,
+                    ratios.join(" ")
+                ));
+            }
+            let show = |at: usize| {
+                baselines
+                    .per_round
+                    .iter()
+                    .map(|rates| format!("{:.0}", rates[at]))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            };
+            line(format!(
+                "MB/s round by round: copy {}; ingest {}; vault alone {}",
+                show(0),
+                show(1),
+                show(2)
+            ));
             if let Some(ratio) = self.floor_ratio() {
                 line(format!(
                     "vault alone / copy+fsync: {:.0} % (the ceiling of the ingest/copy ratio on this machine)",
@@ -1828,12 +2008,20 @@ impl Summary {
                 "busy_cpu_s": baseline.busy_cpu_s.map(round),
             })
         };
-        let baseline = self.baseline.as_ref().map(|b| json_of(b.copy()));
-        let copy_runs = self
-            .baseline
-            .as_ref()
-            .map(|b| [json_of(&b.copy_before), json_of(&b.copy_after)]);
+        let baseline = self.baseline.as_ref().map(|b| json_of(&b.copy));
         let vault_alone = self.baseline.as_ref().map(|b| json_of(&b.floor));
+        let rounds = self.baseline.as_ref().map(|b| {
+            b.per_round
+                .iter()
+                .map(|[copy, ingest, vault]| {
+                    serde_json::json!({
+                        "copy_mb_per_s": round(*copy),
+                        "ingest_mb_per_s": round(*ingest),
+                        "vault_alone_mb_per_s": round(*vault),
+                    })
+                })
+                .collect::<Vec<_>>()
+        });
         serde_json::json!({
             "run": self.run,
             "url": self.url,
@@ -1863,7 +2051,12 @@ impl Summary {
             "pacer_lag": if self.mode == "realtime" { self.pacer_lag.map(|p| p.json()) } else { None },
             "baseline": baseline,
             "ingest_to_baseline": self.ratio().map(round),
-            "baseline_runs": copy_runs,
+            "rounds": rounds,
+            "ingest_to_baseline_median_round": self
+                .baseline
+                .as_ref()
+                .and_then(Baselines::median_round_ratio)
+                .map(round),
             "vault_alone": vault_alone,
             "vault_alone_to_baseline": self.floor_ratio().map(round),
             "server_pid": self.resources.pid,

@@ -84,33 +84,44 @@ def verdict(ok):
     return "met" if ok else "**MISSED**"
 bulk_files = sorted(f for f in os.listdir(work) if re.fullmatch(r"bulk-\d+\.txt", f))
 def bulk_run(name):
-    """One bulk run's figures: ingest MB/s, the two copies, the vault alone, the ratios, CPU."""
+    """One bulk run's figures: ingest, the interleaved copy and vault alone, the ratios, CPU."""
     text = read(name)
-    copies = [float(m) for m in re.findall(r"baseline (?:before|after) the uploads \(.*?\): [\d.]+ files/s, ([\d.]+) MB/s", text)]
+    rounds = re.search(r"MB/s round by round: copy ([\d ]+); ingest ([\d ]+); vault alone ([\d ]+)", text)
+    per_round = [[float(v) for v in g.split()] for g in rounds.groups()] if rounds else [[], [], []]
     return {
         "name": name,
         "ingest": grab(name, r"throughput \(stored uploads\): [\d.]+ files/s, ([\d.]+) MB/s"),
-        "copies": copies,
-        "copy": max(copies) if copies else None,
+        "copy": grab(name, r"copy\+fsync \(write\+fsync .*?\): [\d.]+ files/s, ([\d.]+) MB/s"),
         "ratio": grab(name, r"ingest / copy\+fsync: (\d+) %"),
-        "ratio_after": grab(name, r"ingest / copy\+fsync after the uploads: (\d+) %"),
+        "ratio_round": grab(name, r"ingest / copy\+fsync round by round: median (\d+) %"),
         "vault": grab(name, r"vault alone \(.*?\), \d+ tasks: [\d.]+ files/s, ([\d.]+) MB/s"),
         "vault_ratio": grab(name, r"vault alone / copy\+fsync: (\d+) %"),
         "cpu": grab(name, r"CPU during the load phase: server ([\d.]+) cores"),
-        "copy_ms_before": grab(name, r"baseline before the uploads .*?([\d.]+) ms CPU per file"),
-        "copy_ms_after": grab(name, r"baseline after the uploads .*?([\d.]+) ms CPU per file"),
+        "copy_ms": grab(name, r"copy\+fsync \(write\+fsync .*?([\d.]+) ms CPU per file"),
         "ingest_ms": grab(name, r"CPU per stored file: .*?all processors busy ([\d.]+) ms"),
         "file_mb": grab(name, r"\((\d+) bytes each") or 480058,
+        "rounds": per_round,
     }
 bulk = [bulk_run(f) for f in bulk_files]
 # The run whose ratio is the median is the one reported in full and in the table.
 median = sorted(bulk, key=lambda r: r["ratio"] if r["ratio"] is not None else -1)[len(bulk) // 2]
+def regimes(run):
+    """Mean ingest/copy ratio of the rounds where the disk was in its burst (copy at least 1.5
+    times its slowest round) and of the others, with the copy's mean MB/s in each."""
+    copy, ingest, _ = run["rounds"]
+    if not copy:
+        return None
+    slow = min(c for c in copy if c > 0) if any(c > 0 for c in copy) else 0
+    split = {"burst": [], "sustained": []}
+    for c, i in zip(copy, ingest):
+        if c > 0:
+            split["burst" if c >= 1.5 * slow else "sustained"].append((c, i))
+    return {k: (len(v), sum(c for c, _ in v) / len(v), sum(i / c for c, i in v) / len(v)) for k, v in split.items() if v}
 def bulk_table():
-    rows = ["| run | ingest | copy+fsync before / after the uploads | ingest / faster copy | ingest / copy after | vault alone | vault alone / faster copy | server CPU |",
+    rows = ["| run | ingest | copy+fsync (interleaved) | ingest / copy | median of the rounds' ratios | vault alone | vault alone / copy | server CPU |",
             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in bulk:
-        copies = " / ".join(f"{c:.0f}" for c in r["copies"])
-        rows.append(f"| {r['name'][:-4]} | {r['ingest']:.0f} MB/s | {copies} MB/s | {r['ratio']:.0f} % | {r['ratio_after']:.0f} % | {r['vault']:.0f} MB/s | {r['vault_ratio']:.0f} % | {r['cpu']} cores |")
+        rows.append(f"| {r['name'][:-4]} | {r['ingest']:.0f} MB/s | {r['copy']:.0f} MB/s | {r['ratio']:.0f} % | {r['ratio_round']:.0f} % | {r['vault']:.0f} MB/s | {r['vault_ratio']:.0f} % | {r['cpu']} cores |")
     return rows
 enc_pairs = grab("vault.txt", r"interleaved encrypt: vault/raw (\d+) %")
 dec_pairs = grab("vault.txt", r"interleaved decrypt: vault/raw (\d+) %")
@@ -131,7 +142,7 @@ def targets():
         "| --- | --- | --- | --- |",
         f"| vault encrypt ≥ 80 % of raw AES-256-GCM (foundation; median of alternating pairs) | {enc_pairs:.0f} % | 80 % (criterion, one after the other: {enc_vault:.0f} / {enc_raw:.0f} MiB/s) | {verdict(enc_pairs >= 80)} |",
         f"| vault decrypt ≥ 80 % of raw AES-256-GCM (foundation; median of alternating pairs) | {dec_pairs:.0f} % | 80 % (criterion, one after the other: {dec_vault:.0f} / {dec_raw:.0f} MiB/s) | {verdict(dec_pairs >= 80)} |",
-        f"| bulk ingest ≥ 50 % of copy+fsync (ingest; median of {len(bulk)} runs, against the faster of two copies) | {ingest_mbs} MB/s | {copy_mbs} MB/s ({ratio:.0f} %; runs: {runs_text}) | {verdict(ratio is not None and ratio >= 50)} |",
+        f"| bulk ingest ≥ 50 % of copy+fsync (ingest; median of {len(bulk)} runs, copy interleaved with the uploads) | {ingest_mbs} MB/s | {copy_mbs} MB/s ({ratio:.0f} %; runs: {runs_text}) | {verdict(ratio is not None and ratio >= 50)} |",
         f"| 500 live calls: zero errors (ingest) | {rt_errors:.0f} errors, {rt_stored:.0f} stored | 0 | {verdict(rt_errors == 0)} |",
         f"| 500 live calls: p99 chunk latency < 100 ms (ingest) | {rt_p99} ms | 100 ms | {verdict(rt_p99 is not None and rt_p99 < 100)} |",
         f"| 500 live calls: server peak RSS < 150 MiB (ingest) | {rt_rss} MiB | 150 MiB | {verdict(rt_rss is not None and rt_rss < 150)} |",
@@ -139,22 +150,31 @@ def targets():
         f"| objection check per ingest < 50 µs (policy) | {objection_us} µs | 50 µs | {verdict(objection_us is not None and objection_us < 50)} |",
         f"| serial ACK p99 < 20 ms at 200 frames/s (alarms) | {serial_p99} ms | 20 ms | {verdict(serial_p99 is not None and serial_p99 < 20)} |",
     ]
-    if ratio is not None and ratio < 50:
-        seal_ms = median["file_mb"] / (enc_vault * 2**20) * 1e3
-        before_ms, after_ms = median["copy_ms_before"], median["copy_ms_after"]
+    split = regimes(median)
+    if split:
+        parts = []
+        for name, label in (("burst", "in its burst (the first rounds after a pause)"), ("sustained", "after it")):
+            if name in split:
+                n, copy_mean, r = split[name]
+                parts.append(f"{label}, {n} rounds with the copy at {copy_mean:.0f} MB/s on average: {r * 100:.0f} %")
         rows += [
             "",
-            f"Gap, stated plainly: bulk ingest reached {ratio:.0f} % of the faster copy (median of the runs), "
-            f"not 50 %; {median['ratio_after']:.0f} % of the copy made right after the uploads. The two copies "
-            "differ because this virtual disk takes the first GB or so after a pause much faster "
-            f"(copy before the uploads: {before_ms} ms of CPU per file; after: {after_ms} ms), and the uploads "
-            f"write their GB after the first copy's. Everything is CPU-bound on the same 2 cores: the ingest "
-            f"cost {median['ingest_ms']} ms of CPU per file (server {bulk_cpu} cores, plus the load generator). "
-            "On top of what a copy does, the spec requires SHA-256 of every byte, AES-256-GCM with the "
-            f"required aes-gcm crate ({enc_vault:.0f} MiB/s: {seal_ms:.2f} ms per file), TLS encryption in the "
-            "load generator and decryption in the server, and durable rename, directory fsync and catalog "
-            f"commit; the vault alone (no network, no catalog) reached {median['vault_ratio']:.0f} % of the "
-            "faster copy.",
+            f"The disk of this virtual machine has two speeds, and the ratio depends on which one a round meets. "
+            f"Round by round in the median run, ingest / copy was, {'; '.join(parts)}. "
+            "The burst is I/O the host absorbs faster; the ingest is bound by CPU either way "
+            f"({median['ingest_ms']} ms of CPU per file, server and load generator, against {median['copy_ms']} ms for the copy "
+            "over the whole run), so it gains less from the burst than a plain copy does.",
+        ]
+    if ratio is not None and ratio < 50:
+        seal_ms = median["file_mb"] / (enc_vault * 2**20) * 1e3
+        rows += [
+            "",
+            f"Gap, stated plainly: bulk ingest reached {ratio:.0f} % of the copy (median of the runs), not 50 %. "
+            "Everything is CPU-bound on the same 2 cores. On top of what a copy does, the spec requires SHA-256 of "
+            f"every byte, AES-256-GCM with the required aes-gcm crate ({enc_vault:.0f} MiB/s: {seal_ms:.2f} ms per "
+            "file), TLS encryption in the load generator and decryption in the server, and durable rename, "
+            f"directory fsync and catalog commit; the vault alone (no network, no catalog) reached {median['vault_ratio']:.0f} % "
+            "of the copy.",
         ]
     return rows
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "unknown")
@@ -183,9 +203,10 @@ lines = [
     "## Ingest over HTTPS (load generator, release server)",
     "",
     "Bulk: 8 kHz µ-law one-minute WAVs, 8 streams, against copying the same files with write+fsync "
-    "(8 threads, just before and just after the uploads; the faster copy is the reference), and against "
-    "the vault alone: the same files hashed and written through `BlobWriter` (AES-256-GCM, fsync, rename, "
-    "directory fsync) in the load generator's process, without TLS, HTTP, probing or the catalog.",
+    "(8 threads), and against the vault alone: the same files hashed and written through `BlobWriter` "
+    "(AES-256-GCM, fsync, rename, directory fsync) in the load generator's process, without TLS, HTTP, "
+    "probing or the catalog. The three are interleaved in 12 rounds of about 167 files, their order "
+    "rotating from round to round, so that the disk's drift favours none (README, `--baseline-dir`).",
     "",
     *bulk_table(),
     "",
