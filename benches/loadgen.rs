@@ -119,6 +119,12 @@ struct Options {
     /// states (a virtual disk's speed drifts by 2 to 4 times within a minute).
     #[arg(long, default_value_t = 12, value_name = "K")]
     rounds: u64,
+    /// With --baseline-dir: leave the files the copy and the vault alone wrote (their
+    /// directories are printed) for the caller to remove. On ext4 without a journal, files
+    /// deleted in the last minutes slow the creation of new ones (it skips their inodes), so a
+    /// script running several loads removes everything at its end instead of between runs.
+    #[arg(long)]
+    keep_baseline_files: bool,
     /// Print the summary as one JSON line on stdout (progress still goes to stderr).
     #[arg(long)]
     json: bool,
@@ -1543,7 +1549,9 @@ async fn run(options: Options) -> Result<(), RunError> {
                 floor,
                 per_round,
             };
-            baselines.remove();
+            if !options.keep_baseline_files {
+                baselines.remove();
+            }
             Some(baselines)
         }
         _ => None,

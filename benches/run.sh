@@ -24,24 +24,26 @@ cargo bench --bench serial_ack >"$work/serial.txt" 2>&1
 echo "== load generator against a release server"
 files=2000; calls=500; secs=60; bulk_runs=${BULK_RUNS:-3}
 if [ -n "${QUICK:-}" ]; then files=200; calls=50; secs=10; bulk_runs=1; fi
-# Bulk ingest, several runs: the copy baseline of a virtual disk drifts from one minute to the
-# next, so one run proves little. Each run has a fresh server and data directory, and starts
-# 65 s after the previous one's files are deleted and synced: ext4 without a journal skips
-# inodes freed in the last 60 s (300 s more while their table block is dirty) when it creates
-# files, which would slow the next run's file creation.
+# Bulk ingest, several runs: a virtual disk drifts from one minute to the next, so one run
+# proves little. Each run has a fresh server and data directory, and starts after a pause of
+# 65 s, so that each meets the disk in the same state (this one takes its first GB after a
+# pause faster). Nothing is deleted until every run is over: ext4 without a journal skips
+# inodes freed in the last 60 s (360 s while their table block is dirty) when it creates
+# files, which would slow the next run's file creation (measured: up to a fifth of the
+# server's CPU in that scan).
 for run in $(seq 1 "$bulk_runs"); do
-  rm -rf "$work/server" "$work/copy"; mkdir -p "$work/server" "$work/copy"
+  mkdir -p "$work/server-$run" "$work/copy-$run"
   if [ "$run" -gt 1 ]; then sync; sleep 65; fi
-  (cd "$work/server" && exec "$OLDPWD/$bin" serve --dev --listen 127.0.0.1:18443 --metrics-listen 127.0.0.1:19464) >"$work/server.log" 2>&1 &
+  (cd "$work/server-$run" && exec "$OLDPWD/$bin" serve --dev --listen 127.0.0.1:18443 --metrics-listen 127.0.0.1:19464) >"$work/server.log" 2>&1 &
   server_pid=$!
   for _ in $(seq 1 300); do grep -q "callguard ready" "$work/server.log" && break; sleep 0.2; done
-  cargo bench --bench loadgen -- --url https://127.0.0.1:18443 --pki "$work/server/callguard-dev/pki" \
-    --files "$files" --concurrency 8 --seconds-of-audio 60 --baseline-dir "$work/copy" --server-pid "$server_pid" \
-    >"$work/bulk-$run.txt" 2>&1
+  cargo bench --bench loadgen -- --url https://127.0.0.1:18443 --pki "$work/server-$run/callguard-dev/pki" \
+    --files "$files" --concurrency 8 --seconds-of-audio 60 --baseline-dir "$work/copy-$run" \
+    --keep-baseline-files --server-pid "$server_pid" >"$work/bulk-$run.txt" 2>&1
   kill "$server_pid"; wait "$server_pid" 2>/dev/null || true
   grep -E "ingest / copy" "$work/bulk-$run.txt" | sed "s/^/   bulk run $run: /"
 done
-rm -rf "$work/server"; mkdir -p "$work/server"; sync; sleep 65
+mkdir -p "$work/server"; sync; sleep 65
 (cd "$work/server" && exec "$OLDPWD/$bin" serve --dev --listen 127.0.0.1:18443 --metrics-listen 127.0.0.1:19464) >"$work/server.log" 2>&1 &
 server_pid=$!
 for _ in $(seq 1 300); do grep -q "callguard ready" "$work/server.log" && break; sleep 0.2; done
