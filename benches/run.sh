@@ -158,7 +158,7 @@ def targets():
         for name, label in (("burst", "in its burst (the first rounds after a pause)"), ("sustained", "after it")):
             if name in split:
                 n, copy_mean, r = split[name]
-                parts.append(f"{label}, {n} rounds with the copy at {copy_mean:.0f} MB/s on average: {r * 100:.0f} %")
+                parts.append(f"{label}, {n} round{'s' if n != 1 else ''} with the copy at {copy_mean:.0f} MB/s on average: {r * 100:.0f} %")
         rows += [
             "",
             f"The disk of this virtual machine has two speeds, and the ratio depends on which one a round meets. "
