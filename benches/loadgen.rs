@@ -1054,6 +1054,17 @@ impl Baseline {
         (self.files as f64 / secs, self.bytes as f64 / 1e6 / secs)
     }
 
+    /// "WHAT: 12.34 files/s, 5.67 MB/s (N files in T s; CPU)".
+    fn text(&self, what: &str) -> String {
+        let (files, mb) = self.rates();
+        format!(
+            "{what}: {files:.2} files/s, {mb:.2} MB/s ({} files in {:.2} s{})",
+            self.files,
+            self.wall.as_secs_f64(),
+            self.cpu_text()
+        )
+    }
+
     /// "1.23 cores busy, 0.456 ms CPU per file", or nothing if unknown.
     fn cpu_text(&self) -> String {
         match self.busy_cpu_s {
@@ -1890,33 +1901,22 @@ impl Summary {
                 baselines.rounds,
                 self.files / baselines.rounds.max(1)
             ));
-            let (copy_files, copy_mb) = copy.rates();
-            line(format!(
-                "copy+fsync (write+fsync of the same files under {}, {} threads): {:.2} files/s, {:.2} MB/s ({} files in {:.2} s{})",
+            line(copy.text(&format!(
+                "copy+fsync (write+fsync of the same files under {}, {} threads)",
                 copy.dir.display(),
-                self.concurrency,
-                copy_files,
-                copy_mb,
-                copy.files,
-                copy.wall.as_secs_f64(),
-                copy.cpu_text()
-            ));
+                self.concurrency
+            )));
             if let Some(error) = &copy.error {
                 line(format!("copy error: {error}"));
             }
-            let (floor_files, floor_mb) = floor.rates();
-            line(format!(
-                "vault alone (SHA-256 + BlobWriter: AES-256-GCM, temp file, fsync, rename, dir fsync; no TLS, HTTP, probe or catalog), {} tasks: {:.2} files/s, {:.2} MB/s ({} files in {:.2} s{})",
-                self.concurrency,
-                floor_files,
-                floor_mb,
-                floor.files,
-                floor.wall.as_secs_f64(),
-                floor.cpu_text()
-            ));
+            line(floor.text(&format!(
+                "vault alone (SHA-256 + BlobWriter: AES-256-GCM, temp file, fsync, rename, dir fsync; no TLS, HTTP, probe or catalog), {} tasks",
+                self.concurrency
+            )));
             if let Some(error) = &floor.error {
                 line(format!("vault alone error: {error}"));
             }
+            let (_, floor_mb) = floor.rates();
             line(match self.ratio() {
                 Some(ratio) => format!(
                     "ingest / copy+fsync: {:.0} % (MB/s, same rounds; target ≥ 50 %)",
