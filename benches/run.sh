@@ -2,7 +2,7 @@
 # Benchmark report: builds in release mode, runs every benchmark of the project on this
 # machine, and writes docs/benchmarks.md with each figure beside its baseline and target.
 #
-#   bash benches/run.sh            # full run (about 15–25 minutes on 2 cores)
+#   bash benches/run.sh            # full run (about 25–35 minutes on 2 cores)
 #   QUICK=1 bash benches/run.sh    # smaller load-generator runs, for a smoke test
 #
 # Needs: the Debian packages `age` (peer baseline) and `curl`; nothing else beyond `cargo`.
@@ -22,7 +22,7 @@ echo "== serial ACK latency"
 cargo bench --bench serial_ack >"$work/serial.txt" 2>&1
 
 echo "== load generator against a release server"
-files=2000; calls=500; secs=60; bulk_runs=${BULK_RUNS:-3}
+files=2000; calls=500; secs=60; bulk_runs=${BULK_RUNS:-5}
 if [ -n "${QUICK:-}" ]; then files=200; calls=50; secs=10; bulk_runs=1; fi
 # Bulk ingest, several runs: a virtual disk drifts from one minute to the next, so one run
 # proves little. Each run has a fresh server and data directory, and starts after a pause of
