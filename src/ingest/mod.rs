@@ -22,7 +22,7 @@ use crate::catalog::recordings::{AudioFacts, Inserted, RecordingRow, RecordingSt
 use crate::catalog::{Catalog, CatalogError};
 use crate::clock::SharedClock;
 use crate::config::units::Period;
-use crate::ingest::metadata::{CallMetadata, PhoneNumber};
+use crate::ingest::metadata::CallMetadata;
 use crate::ingest::probe::{AudioInfo, FormatHint, ProbeError, Prober};
 use crate::keyring::Keyring;
 use crate::metrics::Metrics;
@@ -86,8 +86,11 @@ pub enum Admission {
 
 /// What the gate prepared for an admitted call, in the same blocking hand-off as its checks:
 /// the encrypted blob writer of a new call, or the row of a call id already stored (whose
-/// audio is then only hashed and compared). Dropping it removes the writer's temporary file.
+/// audio is then only hashed and compared). It carries the metadata it was admitted for, so
+/// that the ingest cannot pair it with another call's. Dropping it removes the writer's
+/// temporary file.
 pub struct Admitted {
+    meta: CallMetadata,
     call_hmac: [u8; 32],
     next: Next,
 }
@@ -160,13 +163,11 @@ impl Pipeline {
         sender: &Sender,
     ) -> Result<Admission, IngestError> {
         let pipeline = self.clone();
-        let caller = meta.caller.clone();
-        let call_id = meta.call_id.clone();
+        let meta = meta.clone();
         let now = self.clock.now();
-        let gate =
-            tokio::task::spawn_blocking(move || pipeline.gate(caller.as_ref(), &call_id, now))
-                .await
-                .map_err(|join| CatalogError::Task(join.to_string()))??;
+        let gate = tokio::task::spawn_blocking(move || pipeline.gate(meta, now))
+            .await
+            .map_err(|join| CatalogError::Task(join.to_string()))??;
         match gate {
             Gate::Admit(admitted) => Ok(Admission::Admit(admitted)),
             Gate::Discard(reason) => {
@@ -177,19 +178,14 @@ impl Pipeline {
     }
 
     /// The blocking half of `admit`: objection check, idempotency lookup, writer.
-    fn gate(
-        &self,
-        caller: Option<&PhoneNumber>,
-        call_id: &str,
-        now: jiff::Timestamp,
-    ) -> Result<Gate, IngestError> {
+    fn gate(&self, meta: CallMetadata, now: jiff::Timestamp) -> Result<Gate, IngestError> {
         let registry = Objections {
             catalog: &self.catalog,
             vault: &self.vault,
             keyring: &self.keyring,
         };
         let verdict = registry
-            .check(caller, call_id, now)
+            .check(meta.caller.as_ref(), &meta.call_id, now)
             .map_err(|error| match error {
                 ObjectionError::Catalog(catalog) => IngestError::Catalog(catalog),
                 other => IngestError::Objection(other),
@@ -197,7 +193,7 @@ impl Pipeline {
         if let Some(reason) = verdict {
             return Ok(Gate::Discard(reason));
         }
-        let call_hmac = self.keyring.digest(CALL_ID_DOMAIN, call_id);
+        let call_hmac = self.keyring.digest(CALL_ID_DOMAIN, &meta.call_id);
         let next = match self.catalog.recording_by_call(&call_hmac)? {
             Some(existing) => Next::Repeat(Box::new(existing)),
             None => {
@@ -211,7 +207,11 @@ impl Pipeline {
                 }))
             }
         };
-        Ok(Gate::Admit(Admitted { call_hmac, next }))
+        Ok(Gate::Admit(Admitted {
+            meta,
+            call_hmac,
+            next,
+        }))
     }
 
     /// Counts and audits (without any number) a discarded call.
@@ -240,13 +240,11 @@ impl Pipeline {
     }
 
     /// Streams `source` into the vault while probing and hashing it, then commits the catalog
-    /// row. `admitted` comes from `admit` for the same metadata; an objection registered since
-    /// is still honoured (`IngestError::Discarded`). On any error nothing remains (the blob is
-    /// removed).
+    /// row. `admitted` comes from `admit`; an objection registered since is still honoured
+    /// (`IngestError::Discarded`). On any error nothing remains (the blob is removed).
     pub async fn ingest<S, E>(
         &self,
         admitted: Admitted,
-        meta: CallMetadata,
         hint: FormatHint,
         source: S,
         sender: &Sender,
@@ -255,7 +253,11 @@ impl Pipeline {
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
-        let Admitted { call_hmac, next } = admitted;
+        let Admitted {
+            meta,
+            call_hmac,
+            next,
+        } = admitted;
         let NewBlob {
             mut writer,
             key,

@@ -1102,7 +1102,7 @@ async fn take(
     let hint = FormatHint::from_file_name(audio);
     match context
         .pipeline
-        .ingest(admitted, meta, hint, chunks(file), sender)
+        .ingest(admitted, hint, chunks(file), sender)
         .await
     {
         Ok(stored) => {

@@ -424,7 +424,6 @@ impl Real {
             .runtime
             .block_on(pipeline.ingest(
                 admitted,
-                meta,
                 FormatHint::from_file_name("call.wav"),
                 futures_util::stream::iter(audio),
                 &sender,

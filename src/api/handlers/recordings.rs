@@ -200,7 +200,7 @@ async fn upload_parts(
         Some(name) => FormatHint::from_file_name(name),
         None => FormatHint::default(),
     };
-    let stored = match pipeline.ingest(admitted, meta, hint, audio, &sender).await {
+    let stored = match pipeline.ingest(admitted, hint, audio, &sender).await {
         Ok(stored) => stored,
         // Objected to while the audio arrived: discarded all the same.
         Err(IngestError::Discarded(reason)) => {
