@@ -914,6 +914,15 @@ fn cpu_seconds(pid: &str) -> Option<f64> {
 
 /// CPU time all processors spent busy, in seconds (first line of `/proc/stat`: everything but
 /// idle and iowait; guest time is already counted in user).
+/// CPU seconds so far of the server (if known), of this process, and of all processors busy.
+fn cpu_now(pid: Option<u32>) -> [Option<f64>; 3] {
+    [
+        pid.and_then(|pid| cpu_seconds(&pid.to_string())),
+        cpu_seconds("self"),
+        busy_seconds(),
+    ]
+}
+
 fn busy_seconds() -> Option<f64> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     let ticks: Vec<u64> = stat
@@ -1001,14 +1010,18 @@ impl Baselines {
         }
     }
 
-    /// The median over the rounds of ingest MB/s over copy MB/s.
-    fn median_round_ratio(&self) -> Option<f64> {
-        let mut ratios: Vec<f64> = self
-            .per_round
+    /// Ingest MB/s over copy MB/s, round by round (rounds without a copy left out).
+    fn round_ratios(&self) -> Vec<f64> {
+        self.per_round
             .iter()
             .filter(|[copy, _, _]| *copy > 0.0)
             .map(|[copy, ingest, _]| ingest / copy)
-            .collect();
+            .collect()
+    }
+
+    /// The median of `round_ratios`.
+    fn median_round_ratio(&self) -> Option<f64> {
+        let mut ratios = self.round_ratios();
         ratios.sort_by(f64::total_cmp);
         ratios.get(ratios.len() / 2).copied()
     }
@@ -1472,42 +1485,27 @@ async fn run(options: Options) -> Result<(), RunError> {
         })
         .collect();
     let mut wall = Duration::ZERO;
-    let (mut server_cpu, mut loadgen_cpu, mut busy_cpu) = (Some(0.0), Some(0.0), Some(0.0));
+    // CPU seconds of the upload rounds: the server's, the load generator's, all processors'.
+    let mut cpu = [Some(0.0); 3];
     let files = if options.duration.is_some() {
         u64::MAX
     } else {
         options.files
     };
     for round in 0..rounds {
-        let range = match rounds {
-            1 => 0..files,
-            _ => round * files / rounds..(round + 1) * files / rounds,
-        };
+        let range = round * files / rounds..(round + 1) * files / rounds;
         let mut rates = [0.0; 3];
         for phase in Phase::order(round) {
             match (phase, &copy_dir, &vault) {
                 (Phase::Ingest, _, _) => {
                     let bytes_before = stored_bytes(&slots);
-                    let cpu_before = (
-                        pid.and_then(|pid| cpu_seconds(&pid.to_string())),
-                        cpu_seconds("self"),
-                        busy_seconds(),
-                    );
+                    let cpu_before = cpu_now(pid);
                     let took = upload_round(&shared, &mut slots, load_start, range.clone()).await;
-                    let delta = |before: Option<f64>, after: Option<f64>| {
-                        before.zip(after).map(|(a, b)| b - a)
-                    };
-                    let add =
-                        |sum: Option<f64>, part: Option<f64>| sum.zip(part).map(|(a, b)| a + b);
-                    server_cpu = add(
-                        server_cpu,
-                        delta(
-                            cpu_before.0,
-                            pid.and_then(|pid| cpu_seconds(&pid.to_string())),
-                        ),
-                    );
-                    loadgen_cpu = add(loadgen_cpu, delta(cpu_before.1, cpu_seconds("self")));
-                    busy_cpu = add(busy_cpu, delta(cpu_before.2, busy_seconds()));
+                    for ((sum, before), after) in cpu.iter_mut().zip(cpu_before).zip(cpu_now(pid)) {
+                        *sum = sum
+                            .zip(before.zip(after))
+                            .map(|(sum, (before, after))| sum + after - before);
+                    }
                     wall += took;
                     rates[1] = (stored_bytes(&slots) - bytes_before) as f64
                         / 1e6
@@ -1581,9 +1579,9 @@ async fn run(options: Options) -> Result<(), RunError> {
                 0 => None,
                 kib => Some(kib),
             },
-            server_cpu_s: server_cpu,
-            loadgen_cpu_s: loadgen_cpu,
-            busy_cpu_s: busy_cpu,
+            server_cpu_s: cpu[0],
+            loadgen_cpu_s: cpu[1],
+            busy_cpu_s: cpu[2],
             cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
         },
         baseline,
@@ -1926,10 +1924,9 @@ impl Summary {
             });
             if let Some(median) = baselines.median_round_ratio() {
                 let ratios: Vec<String> = baselines
-                    .per_round
+                    .round_ratios()
                     .iter()
-                    .filter(|[copy, _, _]| *copy > 0.0)
-                    .map(|[copy, ingest, _]| format!("{:.0}", ingest / copy * 100.0))
+                    .map(|ratio| format!("{:.0}", ratio * 100.0))
                     .collect();
                 line(format!(
                     "ingest / copy+fsync round by round: median {:.0} % (rounds, %: {})",

@@ -25,7 +25,7 @@ use tokio::sync::watch;
 
 use crate::ingest_http::{
     CALLEE, CALLEE_FORMS, PATIENCE, plaintext_window, query_escape, secrets_on_disk, sha256_hex,
-    started_at, tone_wav,
+    started_at, temp_files, tone_wav,
 };
 use crate::support::client::{Client, Response};
 use crate::support::{Instance, Setup, binary, files_under, is_vault_temporary};
@@ -1167,9 +1167,8 @@ fn blob_names(data: &Path) -> HashSet<String> {
 
 fn pre_kill_temporaries(data: &Path, kill_marker: &Path) -> Vec<PathBuf> {
     let killed_at = std::fs::metadata(kill_marker).unwrap().modified().unwrap();
-    files_under(&data.join("vault"))
+    temp_files(data)
         .into_iter()
-        .filter(|path| is_vault_temporary(path))
         .filter(|path| {
             std::fs::metadata(path)
                 .and_then(|meta| meta.modified())

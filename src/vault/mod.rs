@@ -290,8 +290,8 @@ impl Vault {
 
     /// Start-up scan: removes every temporary file (writes that never finished: `*.tmp` beside
     /// the blobs and in the quarantine, and anything in the `tmp/` directory where earlier
-    /// versions wrote them, which is then removed) and lists the blobs, for the catalog to reconcile. Runs before
-    /// any write: a write in progress has a temporary file too.
+    /// versions wrote them, which is then removed) and lists the blobs, for the catalog to
+    /// reconcile. Runs before any write: a write in progress has a temporary file too.
     pub fn recover(&self) -> Result<RecoveryScan, VaultError> {
         let mut scan = RecoveryScan::default();
         let legacy_temp = self.dir.join(LEGACY_TEMP_DIR);

@@ -294,13 +294,13 @@ impl Drop for Instance {
     }
 }
 
-/// Every file under `dir`, recursively.
 /// Whether `path` is the temporary file of a vault write in progress (or cut by a crash):
 /// `<id>-<random>.tmp` beside the blobs, in a shard or the quarantine.
 pub fn is_vault_temporary(path: &Path) -> bool {
     path.extension().is_some_and(|ext| ext == "tmp")
 }
 
+/// Every file under `dir`, recursively.
 pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_owned()];
