@@ -1,9 +1,10 @@
 //! The encrypted store: one blob file per recording under `data_dir/vault/`, each sealed with
 //! its own data key in the chunked format of `format` (docs/vault-format.md). Owns key material
 //! (`keys`), the sans-I/O format (`format`), blob files and their crash-safe write path
-//! (`store`), and the recovery scan. Knows nothing of SQLite, HTTP or the config file format:
+//! (`store`) with its direct I/O (`direct`), and the recovery scan. Knows nothing of SQLite, HTTP or the config file format:
 //! the catalog keeps the wrapped keys, the vault keeps the ciphertext.
 
+pub mod direct;
 pub mod format;
 pub mod keys;
 pub mod store;
@@ -114,6 +115,8 @@ pub struct Vault {
     chunk_size: u32,
     /// Write buffers of fast uploads, reused from one blob to the next.
     buffers: store::BufferPool,
+    /// Direct or buffered blob writes, as the start-up probe found.
+    write_mode: direct::WriteMode,
 }
 
 /// What the start-up scan found.
@@ -146,11 +149,31 @@ impl Vault {
         for parent in &created_in {
             store::sync_dir(parent)?;
         }
+        let (write_mode, refusal) = direct::WriteMode::probe(dir);
+        match refusal {
+            None => tracing::debug!(dir = %dir.display(), "vault writes blobs with direct I/O"),
+            Some(error) => tracing::warn!(
+                dir = %dir.display(),
+                %error,
+                "the vault's file system refused a direct write: blobs go through the page cache"
+            ),
+        }
         Ok(Vault {
             dir: dir.to_owned(),
             chunk_size: format::DEFAULT_CHUNK_SIZE,
             buffers: store::BufferPool::default(),
+            write_mode,
         })
+    }
+
+    /// Same, with a chosen write mode (tests exercise both on any file system).
+    pub fn with_write_mode(mut self, write_mode: direct::WriteMode) -> Vault {
+        self.write_mode = write_mode;
+        self
+    }
+
+    pub fn write_mode(&self) -> direct::WriteMode {
+        self.write_mode
     }
 
     /// Same, with a chosen chunk size (tests exercise small chunks).
@@ -289,7 +312,8 @@ impl Vault {
     }
 
     /// Start-up scan: removes every temporary file (writes that never finished: `*.tmp` beside
-    /// the blobs and in the quarantine, and anything in the `tmp/` directory where earlier
+    /// the blobs and in the quarantine, a direct-I/O probe cut short in the vault's own
+    /// directory, and anything in the `tmp/` directory where earlier
     /// versions wrote them, which is then removed) and lists the blobs, for the catalog to
     /// reconcile. Runs before any write: a write in progress has a temporary file too.
     pub fn recover(&self) -> Result<RecoveryScan, VaultError> {
@@ -306,6 +330,7 @@ impl Vault {
             })?;
             store::sync_dir(&self.dir)?;
         }
+        scan.temp_removed += remove_temporaries(&self.dir)?;
         scan.temp_removed += remove_temporaries(&self.dir.join("quarantine"))?;
         for shard in entries_of(&self.dir)? {
             let shard_path = shard.path();

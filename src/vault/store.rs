@@ -5,15 +5,19 @@
 //! return. The temporary file sits in the blob's own directory, not in a shared one: the rename
 //! stays within one directory, and parallel writes spread over the 256 shards instead of all
 //! creating files in one (measured: about 1.4 times the files per second of a shared
-//! `vault/tmp/` with 8 writers, docs/benchmarks.md). Reading decrypts only the chunks a byte
-//! range needs, with memory bounded by one chunk whatever the recording's length.
+//! `vault/tmp/` with 8 writers, docs/benchmarks.md). Writes bypass the page cache where the file
+//! system allows it (`direct`): whole blocks go to the device as they are sealed, and only the
+//! blob's last partial block is written through the cache, just before the fsync. Reading
+//! decrypts only the chunks a byte range needs, with memory bounded by one chunk whatever the
+//! recording's length.
 
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use aes_gcm::Aes256Gcm;
-use std::io::Write;
 
+use crate::vault::direct::{ALIGN, AlignedBuf, WriteMode};
 use crate::vault::format::{self, HEADER_LEN, Header, Layout, TAG_LEN};
 use crate::vault::keys::{self, DataKey};
 use crate::vault::{BlobId, Vault, VaultError};
@@ -32,7 +36,8 @@ pub struct SealedBlob {
 /// call: memory stays at one chunk) and in batches of up to `WRITE_BATCH` when it is fast (a
 /// bulk upload: a thread hand-off per 256 KiB instead of per chunk, in a buffer reused from the
 /// vault's pool); the last batch, the fsync, the rename and the directory fsync share one
-/// hand-off.
+/// hand-off. With direct writes, a write takes the whole blocks of the buffer and the rest
+/// (less than a block) starts the next one.
 pub struct BlobWriter {
     id: BlobId,
     header: Header,
@@ -40,13 +45,18 @@ pub struct BlobWriter {
     /// The temporary file; moved into a blocking task for each write and back (`None` while
     /// lent, and for good once finished or failed).
     file: Option<std::fs::File>,
+    /// How `file` was opened: direct writes must be whole blocks.
+    mode: WriteMode,
+    /// Bytes written to `file` so far (a multiple of `ALIGN` when direct).
+    written: u64,
     /// Removes the temporary file unless `finish` renamed it.
     temp: DeleteOnDrop,
     final_path: PathBuf,
-    /// Bytes not yet written: the header (until the first write), sealed chunks, then from
-    /// `sealed_len` the plaintext of the chunk being filled (at most one chunk). A full chunk
-    /// waits here until more data arrives (then it is not the last) or `finish` (then it is).
-    buffer: Vec<u8>,
+    /// Bytes not yet written: the header (until the first write) or the sealed bytes a
+    /// direct write left (less than a block), sealed chunks, then from `sealed_len` the
+    /// plaintext of the chunk being filled (at most one chunk). A full chunk waits here until
+    /// more data arrives (then it is not the last) or `finish` (then it is).
+    buffer: AlignedBuf,
     sealed_len: usize,
     /// Where batch buffers come from and go back to.
     pool: BufferPool,
@@ -64,31 +74,35 @@ const WRITE_BATCH: usize = 256 * 1024;
 /// Sealed chunks are gathered only while they come faster than this.
 const WRITE_BATCH_WINDOW: std::time::Duration = std::time::Duration::from_millis(20);
 
-/// Batch buffers kept for reuse (each `WRITE_BATCH` plus a chunk: 4.6 MiB for 16 at most).
+/// Batch buffers kept for reuse (each `WRITE_BATCH` plus a chunk and a block: 4.7 MiB for 16 at
+/// most).
 const POOLED_BUFFERS: usize = 16;
 
 /// Write buffers of fast uploads, kept for the next blob: a fresh buffer of a few hundred KiB
 /// per upload costs page faults, zeroed pages and reallocations as it grows. A buffer goes back
 /// only from `finish`, when everything in it is sealed: the pool never holds plaintext.
 #[derive(Debug, Clone, Default)]
-pub struct BufferPool(std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>);
+pub struct BufferPool(std::sync::Arc<std::sync::Mutex<Vec<AlignedBuf>>>);
 
 impl BufferPool {
     /// An empty buffer of at least `capacity` bytes.
-    fn take(&self, capacity: usize) -> Vec<u8> {
+    fn take(&self, capacity: usize) -> AlignedBuf {
         let reused = self
             .0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .pop();
-        let mut buffer = reused.unwrap_or_default();
-        buffer.clear();
-        buffer.reserve_exact(capacity);
-        buffer
+        match reused {
+            Some(mut buffer) if buffer.capacity() >= capacity => {
+                buffer.clear();
+                buffer
+            }
+            _ => AlignedBuf::with_capacity(capacity),
+        }
     }
 
     /// Keeps `buffer` for a later `take`, unless the pool is full.
-    fn put(&self, mut buffer: Vec<u8>) {
+    fn put(&self, mut buffer: AlignedBuf) {
         buffer.clear();
         let mut pool = self
             .0
@@ -140,7 +154,9 @@ impl BlobWriter {
         limit: u64,
     ) -> Result<BlobWriter, VaultError> {
         let mut writer = BlobWriter::unopened(vault, id, key, limit, vault.blob_path(&id))?;
-        writer.file = Some(create_temp(writer.temp.path())?);
+        let (file, mode) = create_temp(writer.temp.path(), writer.mode)?;
+        writer.file = Some(file);
+        writer.mode = mode;
         Ok(writer)
     }
 
@@ -153,13 +169,15 @@ impl BlobWriter {
     ) -> Result<BlobWriter, VaultError> {
         let mut writer = BlobWriter::unopened(vault, id, key, limit, final_path)?;
         let temp_path = writer.temp.path().to_owned();
-        let file = tokio::task::spawn_blocking(move || create_temp(&temp_path))
+        let mode = writer.mode;
+        let (file, mode) = tokio::task::spawn_blocking(move || create_temp(&temp_path, mode))
             .await
             .map_err(|join| VaultError::Write {
                 path: writer.temp.path().to_owned(),
                 source: std::io::Error::other(join.to_string()),
             })??;
         writer.file = Some(file);
+        writer.mode = mode;
         Ok(writer)
     }
 
@@ -183,13 +201,15 @@ impl BlobWriter {
             hex::encode(suffix),
             crate::vault::TEMP_SUFFIX
         ));
-        let mut buffer = Vec::with_capacity(HEADER_LEN + vault.chunk_size() as usize + TAG_LEN);
+        let mut buffer = AlignedBuf::with_capacity(one_chunk_capacity(vault.chunk_size()));
         buffer.extend_from_slice(&header.encode());
         Ok(BlobWriter {
             id,
             header,
             cipher: key.cipher(),
             file: None,
+            mode: vault.write_mode(),
+            written: 0,
             temp: DeleteOnDrop(Some(temp_path)),
             final_path,
             sealed_len: buffer.len(),
@@ -267,12 +287,25 @@ impl BlobWriter {
         let mut file = self.lend_file()?;
         let buffer = std::mem::take(&mut self.buffer);
         let final_path = self.final_path.clone();
-        let done = tokio::task::spawn_blocking(move || -> Result<(Vec<u8>, T), VaultError> {
+        let (mode, written) = (self.mode, self.written);
+        let done = tokio::task::spawn_blocking(move || -> Result<(AlignedBuf, T), VaultError> {
             let write_error = |source| VaultError::Write {
                 path: temp_path.clone(),
                 source,
             };
-            file.write_all(&buffer).map_err(write_error)?;
+            let blocks = mode.writable(buffer.len());
+            file.write_all(&buffer[..blocks]).map_err(write_error)?;
+            if blocks < buffer.len() {
+                // The last partial block cannot be written directly: it goes through the page
+                // cache, by a second descriptor, and the fsync below flushes it.
+                drop(file);
+                file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&temp_path)
+                    .map_err(write_error)?;
+                file.write_all_at(&buffer[blocks..], written + blocks as u64)
+                    .map_err(write_error)?;
+            }
             file.sync_all().map_err(write_error)?;
             drop(file);
             std::fs::rename(&temp_path, &final_path).map_err(|source| VaultError::Write {
@@ -300,7 +333,7 @@ impl BlobWriter {
             }
         };
         self.temp.disarm();
-        if buffer.capacity() >= WRITE_BATCH {
+        if buffer.capacity() >= batch_capacity(self.header.chunk_size) {
             self.pool.put(buffer);
         }
         Ok((sealed, value))
@@ -309,8 +342,7 @@ impl BlobWriter {
     /// The stream is fast: sealed chunks gather in a batch buffer from the pool, sized once
     /// for the whole batch (instead of growing by reallocation).
     fn batching(&mut self) {
-        let chunk = self.header.chunk_size as usize;
-        let capacity = HEADER_LEN + WRITE_BATCH + chunk + TAG_LEN;
+        let capacity = batch_capacity(self.header.chunk_size);
         if self.buffer.capacity() >= capacity {
             return;
         }
@@ -348,45 +380,72 @@ impl BlobWriter {
         })
     }
 
-    /// Writes the sealed bytes (the whole buffer: no chunk is open) to the file.
+    /// Writes the sealed bytes (no chunk is open) to the file: all of them, or when direct the
+    /// whole blocks among them (the rest stays at the front of the buffer).
     async fn write_sealed(&mut self) -> Result<(), VaultError> {
+        let blocks = self.mode.writable(self.buffer.len());
+        if blocks == 0 {
+            return Ok(());
+        }
         let path = self.temp.path().to_owned();
         let file = self.lend_file()?;
         // The buffer moves to the blocking write and comes back as the next one: no copy.
-        let (file, mut buffer) = write_blocking(file, std::mem::take(&mut self.buffer))
+        let (file, mut buffer) = write_blocking(file, std::mem::take(&mut self.buffer), blocks)
             .await
             .map_err(|source| VaultError::Write { path, source })?;
         self.file = Some(file);
-        let one_chunk = self.header.chunk_size as usize + TAG_LEN;
-        if buffer.capacity() > 2 * one_chunk && buffer.len() <= one_chunk {
+        self.written += blocks as u64;
+        buffer.consume(blocks);
+        let one_chunk = one_chunk_capacity(self.header.chunk_size);
+        if buffer.capacity() > 2 * one_chunk && blocks <= one_chunk {
             // A stream that slowed down gives back its batch buffer.
+            let mut small = AlignedBuf::with_capacity(one_chunk);
+            small.extend_from_slice(&buffer);
             self.pool.put(buffer);
-            buffer = Vec::with_capacity(one_chunk);
-        } else {
-            buffer.clear();
+            buffer = small;
         }
         self.buffer = buffer;
-        self.sealed_len = 0;
+        self.sealed_len = self.buffer.len();
         Ok(())
     }
 }
 
-/// Creates the temporary file of a blob (never an existing one). Its directory exists since
-/// the vault opened; one removed since by hand is made again (durably) rather than failing the
-/// write.
-fn create_temp(path: &Path) -> Result<std::fs::File, VaultError> {
-    let create = || {
+/// A buffer for one sealed chunk, with room for the header or a direct write's leftover.
+fn one_chunk_capacity(chunk_size: u32) -> usize {
+    ALIGN.max(HEADER_LEN) + chunk_size as usize + TAG_LEN
+}
+
+/// A batch buffer: `WRITE_BATCH` and the chunk that crosses it, with room for the header or a
+/// direct write's leftover.
+fn batch_capacity(chunk_size: u32) -> usize {
+    WRITE_BATCH + one_chunk_capacity(chunk_size)
+}
+
+/// Creates the temporary file of a blob (never an existing one), for `mode`'s writes; a file
+/// system that refuses `O_DIRECT` for this file gets a buffered one (the mode returned). Its
+/// directory exists since the vault opened; one removed since by hand is made again (durably)
+/// rather than failing the write.
+fn create_temp(path: &Path, mode: WriteMode) -> Result<(std::fs::File, WriteMode), VaultError> {
+    let create = |mode: WriteMode| {
         std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
+            .custom_flags(mode.open_flags())
             .open(path)
+            .map(|file| (file, mode))
+    };
+    let create = || match create(mode) {
+        Err(error) if mode == WriteMode::Direct && error.raw_os_error() == Some(libc::EINVAL) => {
+            create(WriteMode::Buffered)
+        }
+        other => other,
     };
     let create_error = |source| VaultError::Write {
         path: path.to_owned(),
         source,
     };
     match create() {
-        Ok(file) => Ok(file),
+        Ok(opened) => Ok(opened),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
             let dir = crate::vault::parent_of(path);
             std::fs::create_dir_all(dir).map_err(|source| VaultError::Write {
@@ -400,14 +459,17 @@ fn create_temp(path: &Path) -> Result<std::fs::File, VaultError> {
     }
 }
 
-/// Writes `buffer` to `file` on a blocking thread; hands both back. On error the file is gone
-/// (the writer fails, and its guard removes the temporary path).
+/// Writes the first `len` bytes of `buffer` to `file` on a blocking thread; hands both back.
+/// On error the file is gone (the writer fails, and its guard removes the temporary path).
 async fn write_blocking(
     mut file: std::fs::File,
-    buffer: Vec<u8>,
-) -> std::io::Result<(std::fs::File, Vec<u8>)> {
-    let outcome =
-        tokio::task::spawn_blocking(move || file.write_all(&buffer).map(|()| (file, buffer))).await;
+    buffer: AlignedBuf,
+    len: usize,
+) -> std::io::Result<(std::fs::File, AlignedBuf)> {
+    let outcome = tokio::task::spawn_blocking(move || {
+        file.write_all(&buffer[..len]).map(|()| (file, buffer))
+    })
+    .await;
     match outcome {
         Ok(result) => result,
         Err(join) => Err(std::io::Error::other(join.to_string())),
@@ -696,29 +758,78 @@ mod tests {
         out
     }
 
+    /// Writes `data` and checks the blob's length on disk and its plaintext.
+    async fn assert_round_trip(vault: &Vault, key: &DataKey, data: &[u8], piece: usize) {
+        let sealed = write_blob(vault, key, data, piece).await;
+        assert_eq!(sealed.plaintext_len, data.len() as u64);
+        let on_disk = std::fs::metadata(vault.blob_path(&sealed.id))
+            .unwrap()
+            .len();
+        assert_eq!(on_disk, sealed.blob_len);
+        assert!(
+            read_all(vault, sealed.id, key) == data,
+            "{:?}: len {} piece {piece}",
+            vault.write_mode(),
+            data.len()
+        );
+    }
+
     #[tokio::test]
-    async fn round_trip_at_every_boundary() {
+    async fn round_trip_at_every_boundary_direct_and_buffered() {
         let chunk = 4096u32;
         let (_dir, vault) = vault(chunk);
         let key = DataKey::generate().unwrap();
         let c = chunk as usize;
-        for len in [0, 1, c - 1, c, c + 1, 3 * c, 3 * c + 7] {
-            for piece in [1000, c, 7 * c] {
-                let data = pattern(len);
-                let sealed = write_blob(&vault, &key, &data, piece).await;
-                assert_eq!(sealed.plaintext_len, len as u64);
-                let on_disk = std::fs::metadata(vault.blob_path(&sealed.id))
-                    .unwrap()
-                    .len();
-                assert_eq!(on_disk, sealed.blob_len);
-                assert_eq!(
-                    read_all(&vault, sealed.id, &key),
-                    data,
-                    "len {len} piece {piece}"
-                );
+        // Past WRITE_BATCH, a batch is written before the end: direct writes then leave part
+        // of a block for the next write.
+        let long = [
+            WRITE_BATCH - 1,
+            WRITE_BATCH + 3 * ALIGN,
+            2 * WRITE_BATCH + 7,
+        ];
+        for mode in [WriteMode::Direct, WriteMode::Buffered] {
+            let vault = vault.clone().with_write_mode(mode);
+            for len in [0, 1, c - 1, c, c + 1, 3 * c, 3 * c + 7]
+                .into_iter()
+                .chain(long)
+            {
+                for piece in [1000, c, 7 * c] {
+                    assert_round_trip(&vault, &key, &pattern(len), piece).await;
+                }
             }
         }
         assert!(temporaries(&vault).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_slow_stream_is_written_chunk_by_chunk_direct_and_buffered() {
+        // Chunks further apart than WRITE_BATCH_WINDOW are written one by one (a live call);
+        // direct writes keep what is left of a block, which must end up in the right place.
+        let chunk = 5000usize;
+        let (_dir, vault) = vault(chunk as u32);
+        let key = DataKey::generate().unwrap();
+        for mode in [WriteMode::Direct, WriteMode::Buffered] {
+            let vault = vault.clone().with_write_mode(mode);
+            let data = pattern(4 * chunk + 123);
+            let mut writer = BlobWriter::create(&vault, BlobId::generate(), &key, u64::MAX)
+                .await
+                .unwrap();
+            for part in data.chunks(chunk) {
+                tokio::time::sleep(WRITE_BATCH_WINDOW + std::time::Duration::from_millis(5)).await;
+                writer.write(part).await.unwrap();
+                // Memory stays at one chunk (and the alignment slack).
+                assert!(writer.buffer.capacity() <= one_chunk_capacity(chunk as u32) + ALIGN);
+                let unwritten_sealed = match mode {
+                    WriteMode::Direct => ALIGN - 1,
+                    WriteMode::Buffered => HEADER_LEN,
+                };
+                assert!(writer.sealed_len <= unwritten_sealed);
+            }
+            let sealed = writer.finish().await.unwrap();
+            assert_eq!(read_all(&vault, sealed.id, &key), data, "{mode:?}");
+            let on_disk = std::fs::metadata(vault.blob_path(&sealed.id)).unwrap();
+            assert_eq!(on_disk.len(), sealed.blob_len);
+        }
     }
 
     #[tokio::test]
