@@ -34,10 +34,11 @@ pub struct SealedBlob {
 ///
 /// Sealed chunks are handed to a blocking write one at a time when the stream is slow (a live
 /// call: memory stays at one chunk) and in batches of up to `WRITE_BATCH` when it is fast (a
-/// bulk upload: a thread hand-off per 256 KiB instead of per chunk, in a buffer reused from the
-/// vault's pool); the last batch, the fsync, the rename and the directory fsync share one
-/// hand-off. With direct writes, a write takes the whole blocks of the buffer and the rest
-/// (less than a block) starts the next one.
+/// bulk upload: a thread hand-off per MiB instead of per chunk, in a buffer reused from the
+/// vault's pool, so that a one-minute recording is written at its end in one go); the last
+/// batch, the fsync, the rename and the directory fsync share one hand-off. With direct
+/// writes, a write takes the whole blocks of the buffer and the rest (less than a block)
+/// starts the next one.
 pub struct BlobWriter {
     id: BlobId,
     header: Header,
@@ -68,15 +69,17 @@ pub struct BlobWriter {
     limit: u64,
 }
 
-/// Most sealed bytes gathered before a write.
-const WRITE_BATCH: usize = 256 * 1024;
+/// Most sealed bytes gathered before a write. With direct writes, larger batches cost less
+/// CPU (measured: 1 MiB against 256 KiB, 1.07 against 1.29 ms of server CPU per one-minute
+/// upload, four context switches fewer); with buffered ones they cost more.
+const WRITE_BATCH: usize = 1024 * 1024;
 
 /// Sealed chunks are gathered only while they come faster than this.
 const WRITE_BATCH_WINDOW: std::time::Duration = std::time::Duration::from_millis(20);
 
-/// Batch buffers kept for reuse (each `WRITE_BATCH` plus a chunk and a block: 4.7 MiB for 16 at
+/// Batch buffers kept for reuse (each `WRITE_BATCH` plus a chunk and a block: 8.3 MiB for 8 at
 /// most).
-const POOLED_BUFFERS: usize = 16;
+const POOLED_BUFFERS: usize = 8;
 
 /// Write buffers of fast uploads, kept for the next blob: a fresh buffer of a few hundred KiB
 /// per upload costs page faults, zeroed pages and reallocations as it grows. A buffer goes back
