@@ -991,6 +991,9 @@ struct Baselines {
     floor: Baseline,
     /// MB/s of each phase in each round: copy, ingest, vault alone.
     per_round: Vec<[f64; 3]>,
+    /// CPU (all processors, ms) per file copied in each round: it shows which regime the
+    /// disk and the VM were in (a copy's CPU per file varies threefold on the reference VM).
+    copy_cpu_ms: Vec<Option<f64>>,
 }
 
 impl Baselines {
@@ -1474,6 +1477,7 @@ async fn run(options: Options) -> Result<(), RunError> {
         .as_ref()
         .map(|vault| Baseline::empty(vault.dir().to_owned()));
     let mut per_round = Vec::new();
+    let mut copy_cpu_ms = Vec::new();
     let mut slots: Vec<(Option<Connection>, StreamReport)> = connections
         .into_iter()
         .map(|connection| {
@@ -1514,6 +1518,11 @@ async fn run(options: Options) -> Result<(), RunError> {
                 (Phase::Copy, Some(dir), _) => {
                     let part = copy_round(&shared, dir, range.clone()).await;
                     rates[0] = part.rates().1;
+                    copy_cpu_ms.push(
+                        part.busy_cpu_s
+                            .filter(|_| part.files > 0)
+                            .map(|busy| busy * 1e3 / part.files as f64),
+                    );
                     if let Some(copy) = copy.as_mut() {
                         copy.add(part);
                     }
@@ -1557,6 +1566,7 @@ async fn run(options: Options) -> Result<(), RunError> {
                 copy,
                 floor,
                 per_round,
+                copy_cpu_ms,
             };
             if !options.keep_baseline_files {
                 baselines.remove();
@@ -1908,7 +1918,7 @@ impl Summary {
                 line(format!("copy error: {error}"));
             }
             line(floor.text(&format!(
-                "vault alone (SHA-256 + BlobWriter: AES-256-GCM, temp file, fsync, rename, dir fsync; no TLS, HTTP, probe or catalog), {} tasks",
+                "vault alone (SHA-256 + BlobWriter: AES-256-GCM, temp file written directly where the file system allows, fsync, rename, dir fsync; no TLS, HTTP, probe or catalog), {} tasks",
                 self.concurrency
             )));
             if let Some(error) = &floor.error {
@@ -1947,6 +1957,15 @@ impl Summary {
                 show(0),
                 show(1),
                 show(2)
+            ));
+            let copy_cpu: Vec<String> = baselines
+                .copy_cpu_ms
+                .iter()
+                .map(|ms| ms.map_or("?".into(), |ms| format!("{ms:.2}")))
+                .collect();
+            line(format!(
+                "copy+fsync CPU per file round by round (all processors, ms; /proc/stat counts in 10 ms ticks): {}",
+                copy_cpu.join(" ")
             ));
             if let Some(ratio) = self.floor_ratio() {
                 line(format!(
