@@ -155,7 +155,7 @@ impl Vault {
             Some(error) => tracing::warn!(
                 dir = %dir.display(),
                 %error,
-                "the vault's file system refused a direct write: blobs go through the page cache"
+                "no direct I/O in the vault's directory (refused, or the probe could not write): blobs go through the page cache"
             ),
         }
         Ok(Vault {
