@@ -5,7 +5,8 @@
 #   bash benches/run.sh            # full run (about 25–35 minutes on 2 cores; BULK_RUNS=N)
 #   QUICK=1 bash benches/run.sh    # smaller load-generator runs, for a smoke test
 #
-# Needs: the Debian packages `age` (peer baseline) and `curl`; nothing else beyond `cargo`.
+# Needs: the Debian packages `age` (peer baseline) and `curl`; nothing else beyond `cargo`;
+# about 35 GB free under target/ (each bulk run keeps 3 GB until the end, see below).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=docs/benchmarks.md
@@ -50,6 +51,7 @@ for run in $(seq 1 "$bulk_runs"); do
   bulk_run "rested-$run"
   dd if=/dev/zero of="$work/precondition-$run" bs=1M count=2048 conv=fsync status=none
   bulk_run "steady-$run"
+  rm "$work/precondition-$run"  # one file: no inode scan to fear, and 2 GB back
 done
 mkdir -p "$work/server"; sync; sleep 65
 (cd "$work/server" && exec "$OLDPWD/$bin" serve --dev --listen 127.0.0.1:18443 --metrics-listen 127.0.0.1:19464) >"$work/server.log" 2>&1 &
@@ -117,8 +119,8 @@ bulk = {state: [bulk_run(f) for f in files] for state, files in bulk_files.items
 # In each state, the run whose ratio is the median is the one reported in full.
 median = {state: sorted(runs, key=lambda r: r["ratio"] if r["ratio"] is not None else -1)[len(runs) // 2]
           for state, runs in bulk.items() if runs}
-STATES = {"rested": "rested (after a 65 s pause: the copy in the VM's fast first GB)",
-          "steady": "steady (after 2 GB of buffered writes: the copy past that burst)"}
+STATES = {"rested": "rested (after a 65 s pause)", "steady": "steady (after 2 GB of buffered writes)"}
+REGIMES = {"burst": "rounds with the copy in the VM's burst", "after": "rounds with the copy past the burst"}
 def round_regimes():
     """Every round of every bulk run, split by the copy's speed: at least 1.5 times the slowest
     copy round of all (the VM's burst) or not. For each: rounds, the copy's mean MB/s, and the
@@ -134,7 +136,8 @@ def round_regimes():
     for name, v in split.items():
         if v:
             ratios = sorted(i / c * 100 for c, i in v)
-            out[name] = (len(v), sum(c for c, _ in v) / len(v), ratios[0], ratios[len(ratios) // 2], ratios[-1])
+            out[name] = {"n": len(v), "copy": sum(c for c, _ in v) / len(v), "ingest": sum(i for _, i in v) / len(v),
+                         "lo": ratios[0], "median": ratios[len(ratios) // 2], "hi": ratios[-1]}
     return out
 def runs_text(state):
     return ", ".join(f"{r['ratio']:.0f} %" for r in bulk[state])
@@ -162,10 +165,10 @@ def targets():
         "| --- | --- | --- | --- |",
         f"| vault encrypt ≥ 80 % of raw AES-256-GCM (foundation; median of alternating pairs) | {enc_pairs:.0f} % | 80 % (criterion, one after the other: {enc_vault:.0f} / {enc_raw:.0f} MiB/s) | {verdict(enc_pairs >= 80)} |",
         f"| vault decrypt ≥ 80 % of raw AES-256-GCM (foundation; median of alternating pairs) | {dec_pairs:.0f} % | 80 % (criterion, one after the other: {dec_vault:.0f} / {dec_raw:.0f} MiB/s) | {verdict(dec_pairs >= 80)} |",
-        *(f"| bulk ingest ≥ 50 % of copy+fsync, {STATES[state]} (ingest; median of {len(bulk[state])} runs, copy interleaved with the uploads) "
-          f"| {m['ingest']:.0f} MB/s | {m['copy']:.0f} MB/s ({m['ratio']:.0f} %; runs: {runs_text(state)}) "
-          f"| {verdict(m['ratio'] is not None and m['ratio'] >= 50)} |"
-          for state, m in median.items()),
+        *(f"| bulk ingest ≥ 50 % of copy+fsync, {REGIMES[name]} (ingest; median of {r['n']} rounds over all runs, copy interleaved with the uploads) "
+          f"| {r['ingest']:.0f} MB/s | {r['copy']:.0f} MB/s (median round {r['median']:.0f} %, rounds {r['lo']:.0f} to {r['hi']:.0f} %) "
+          f"| {verdict(r['median'] >= 50)} |"
+          for name, r in round_regimes().items()),
         f"| 500 live calls: zero errors (ingest) | {rt_errors:.0f} errors, {rt_stored:.0f} stored | 0 | {verdict(rt_errors == 0)} |",
         f"| 500 live calls: p99 chunk latency < 100 ms (ingest) | {rt_p99} ms | 100 ms | {verdict(rt_p99 is not None and rt_p99 < 100)} |",
         f"| 500 live calls: server peak RSS < 150 MiB (ingest) | {rt_rss} MiB | 150 MiB | {verdict(rt_rss is not None and rt_rss < 150)} |",
@@ -173,37 +176,40 @@ def targets():
         f"| objection check per ingest < 50 µs (policy) | {objection_us} µs | 50 µs | {verdict(objection_us is not None and objection_us < 50)} |",
         f"| serial ACK p99 < 20 ms at 200 frames/s (alarms) | {serial_p99} ms | 20 ms | {verdict(serial_p99 is not None and serial_p99 < 20)} |",
     ]
-    rested, steady = median.get("rested"), median.get("steady")
-    if rested and steady:
+    split = round_regimes()
+    all_runs = [r for runs in bulk.values() for r in runs]
+    if split and all_runs:
+        copy_ms = sorted(r["copy_ms"] for r in all_runs if r["copy_ms"] is not None)
+        ingest_ms = sorted(r["ingest_ms"] for r in all_runs if r["ingest_ms"] is not None)
+        ingest = sorted(r["ingest"] for r in all_runs if r["ingest"] is not None)
+        run_ratios = "; ".join(f"{state}: {runs_text(state)}" for state in STATES if bulk.get(state))
         rows += [
             "",
-            "The copy's speed depends on the state of this virtual machine, the ingest's hardly: after a pause, the VM takes "
-            f"its first GB or so of buffered writes fast and cheap (median rested run: copy {rested['copy']:.0f} MB/s at "
-            f"{rested['copy_ms']} ms of CPU per file), then slower and at about three times the CPU per file (median steady run: "
-            f"{steady['copy']:.0f} MB/s at {steady['copy_ms']} ms). A 2 000-file copy (960 MB) fits in the burst. The vault "
-            "writes recordings with direct I/O, which needs no page cache and so no burst: the ingest ran at "
-            f"{rested['ingest']:.0f} and {steady['ingest']:.0f} MB/s, bound by CPU ({rested['ingest_ms']} and {steady['ingest_ms']} ms "
-            "per file, server and load generator: TLS, SHA-256 and AES-256-GCM of every byte, HTTP, the probe, durable "
-            "rename and directory fsync, the catalog commit).",
-        ]
-        split = round_regimes()
-        if split:
-            parts = [f"{label}, {n} rounds with the copy at {copy_mean:.0f} MB/s on average: {lo:.0f} to {hi:.0f} % (median {med:.0f} %)"
-                     for name, label in (("burst", "where the copy ran in the burst (at least 1.5 times its slowest round)"), ("after", "in the others"))
-                     if name in split for n, copy_mean, lo, med, hi in [split[name]]]
-            rows += ["", "Round by round over every bulk run, rested or steady, ingest / copy was, " + "; ".join(parts) + ". "
-                     "A preconditioned run does not always start past the burst (the VM recovers it within seconds), which the per-round figures show."]
-    if rested and rested["ratio"] is not None and rested["ratio"] < 50:
-        seal_ms = rested["file_mb"] / (enc_vault * 2**20) * 1e3
-        rows += [
+            "The copy's speed depends on the state of this virtual machine, the ingest's hardly. After a pause the VM takes "
+            "its first GB or so of buffered writes two to three times faster and at a third of the CPU per file; a 2 000-file "
+            "copy (960 MB) can run entirely in that burst. The vault writes recordings with direct I/O, which needs no page "
+            f"cache and so no burst: the ingest ran at {ingest[0]:.0f} to {ingest[-1]:.0f} MB/s in every run, bound by CPU "
+            f"({ingest_ms[0]} to {ingest_ms[-1]} ms per file, server and load generator: TLS, SHA-256 and AES-256-GCM of every byte, "
+            "HTTP, the probe, durable rename and directory fsync, the catalog commit), while the copy's CPU per file went from "
+            f"{copy_ms[0]} to {copy_ms[-1]} ms between runs. So the verdict is given per round, by the copy's speed: a round is in "
+            "the burst when its copy ran at least 1.5 times as fast as the slowest copy round of all runs.",
             "",
-            f"Gap, stated plainly: against the copy in its burst, bulk ingest reached {rested['ratio']:.0f} % (median of the rested runs), not 50 %. "
-            "Everything is CPU-bound on the same 2 cores. On top of what a copy does, the spec requires SHA-256 of "
-            f"every byte, AES-256-GCM with the required aes-gcm crate ({enc_vault:.0f} MiB/s: {seal_ms:.2f} ms per "
-            "file), TLS encryption in the load generator and decryption in the server, and durable rename, "
-            f"directory fsync and catalog commit; the vault alone (no network, no catalog) reached {rested['vault_ratio']:.0f} % "
-            "of the copy in the same runs.",
+            f"Whole runs, for the record (ingest / copy over the run's 12 rounds): {run_ratios}. Runs are made rested (after a "
+            "65 s pause) and steady (right after 2 GB of buffered writes with fsync) to meet both states; the pause brings the "
+            "burst back only partly after runs that wrote several GB, and a steady run can start inside it, as the rounds show.",
         ]
+        burst = split.get("burst")
+        if burst and burst["median"] < 50:
+            seal_ms = all_runs[0]["file_mb"] / (enc_vault * 2**20) * 1e3
+            rows += [
+                "",
+                f"Gap, stated plainly: against the copy in its burst, bulk ingest reached {burst['median']:.0f} % (median round), not 50 %. "
+                "Everything is CPU-bound on the same 2 cores. On top of what a copy does, the spec requires SHA-256 of "
+                f"every byte, AES-256-GCM with the required aes-gcm crate ({enc_vault:.0f} MiB/s: {seal_ms:.2f} ms per "
+                "file), TLS encryption in the load generator and decryption in the server, and durable rename, "
+                "directory fsync and catalog commit; half of a copy that costs "
+                f"{copy_ms[0]} ms of CPU per file would need all of that in about 1 ms per file on 2 cores.",
+            ]
     return rows
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "unknown")
 lines = [

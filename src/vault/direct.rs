@@ -1,9 +1,11 @@
 //! Direct I/O for blob writes. A blob is written once and read back rarely, so its sealed bytes
 //! go from the writer's buffer straight to the device (`O_DIRECT`) instead of through the page
 //! cache: no copy into cached pages, no writeback at fsync, and the cache stays with the
-//! catalog and with playback. On the reference VM a 480 kB blob costs about a tenth of the
-//! CPU of a buffered write and fsync (docs/benchmarks.md). Durability is unchanged: the blob is
-//! fsynced (for its size, its extents and the device's write cache) before it is renamed.
+//! catalog and with playback. On the reference VM, 2000 files of 480 kB written by 8 threads
+//! (create, write, fsync, rename, directory fsync) cost 0.13–0.18 ms of CPU per file direct,
+//! 0.9–1.1 ms buffered once the VM's fast first GB after a pause is used up. Durability is
+//! unchanged: the blob is fsynced (for its size, its extents and the device's write cache)
+//! before it is renamed.
 //!
 //! `O_DIRECT` wants memory addresses, file offsets and lengths aligned to the device's logical
 //! block. This module owns that alignment (`ALIGN`, `AlignedBuf`) and the start-up probe that
