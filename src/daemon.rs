@@ -589,7 +589,7 @@ mod tests {
             .await
             .unwrap();
         // More than a write batch: sealed chunks are in the temporary file when it "crashes".
-        unfinished.write(&vec![7u8; 300 * 1024]).await.unwrap();
+        unfinished.write(&vec![7u8; 1200 * 1024]).await.unwrap();
         std::mem::forget(unfinished);
 
         let recovery = recover(&vault, &catalog).unwrap();

@@ -31,11 +31,15 @@ pub enum WriteMode {
 
 impl WriteMode {
     /// Finds out whether `dir`'s file system takes aligned direct writes, by writing one block
-    /// to a temporary file there (removed before returning; a crash in between leaves a
-    /// `*.tmp` that the vault's recovery removes). Any failure means buffered writes, with the
-    /// reason.
+    /// to a temporary file there, named after this process (removed before returning; a crash
+    /// in between leaves a `*.tmp` that the vault's recovery removes). Any failure means
+    /// buffered writes, with the reason.
     pub fn probe(dir: &Path) -> (WriteMode, Option<std::io::Error>) {
-        let path = dir.join(format!("direct-io-probe{}", crate::vault::TEMP_SUFFIX));
+        let path = dir.join(format!(
+            "direct-io-probe-{}{}",
+            std::process::id(),
+            crate::vault::TEMP_SUFFIX
+        ));
         let outcome = (|| {
             let mut file = std::fs::OpenOptions::new()
                 .write(true)

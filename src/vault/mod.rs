@@ -1,8 +1,9 @@
 //! The encrypted store: one blob file per recording under `data_dir/vault/`, each sealed with
 //! its own data key in the chunked format of `format` (docs/vault-format.md). Owns key material
 //! (`keys`), the sans-I/O format (`format`), blob files and their crash-safe write path
-//! (`store`) with its direct I/O (`direct`), and the recovery scan. Knows nothing of SQLite, HTTP or the config file format:
-//! the catalog keeps the wrapped keys, the vault keeps the ciphertext.
+//! (`store`) with its direct I/O (`direct`), and the recovery scan. Knows nothing of SQLite,
+//! HTTP or the config file format: the catalog keeps the wrapped keys, the vault keeps the
+//! ciphertext.
 
 pub mod direct;
 pub mod format;
@@ -313,9 +314,9 @@ impl Vault {
 
     /// Start-up scan: removes every temporary file (writes that never finished: `*.tmp` beside
     /// the blobs and in the quarantine, a direct-I/O probe cut short in the vault's own
-    /// directory, and anything in the `tmp/` directory where earlier
-    /// versions wrote them, which is then removed) and lists the blobs, for the catalog to
-    /// reconcile. Runs before any write: a write in progress has a temporary file too.
+    /// directory, and anything in the `tmp/` directory where earlier versions wrote them, which
+    /// is then removed) and lists the blobs, for the catalog to reconcile. Runs before any
+    /// write: a write in progress has a temporary file too.
     pub fn recover(&self) -> Result<RecoveryScan, VaultError> {
         let mut scan = RecoveryScan::default();
         let legacy_temp = self.dir.join(LEGACY_TEMP_DIR);
@@ -397,12 +398,21 @@ pub(crate) fn is_temporary(name: &std::ffi::OsStr) -> bool {
 }
 
 /// Removes the temporary files in `dir` (and fsyncs it if there were any); returns how many.
+/// One gone meanwhile (a command probing direct I/O removes its own) is not an error.
 fn remove_temporaries(dir: &Path) -> Result<usize, VaultError> {
     let mut removed = 0;
     for entry in entries_of(dir)? {
         if is_temporary(&entry.file_name()) {
-            remove_path(&entry.path())?;
-            removed += 1;
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => removed += 1,
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(VaultError::Write {
+                        path: entry.path(),
+                        source,
+                    });
+                }
+            }
         }
     }
     if removed > 0 {

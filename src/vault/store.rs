@@ -429,7 +429,7 @@ fn batch_capacity(chunk_size: u32) -> usize {
 /// directory exists since the vault opened; one removed since by hand is made again (durably)
 /// rather than failing the write.
 fn create_temp(path: &Path, mode: WriteMode) -> Result<(std::fs::File, WriteMode), VaultError> {
-    let create = |mode: WriteMode| {
+    let open_for = |mode: WriteMode| {
         std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -437,9 +437,9 @@ fn create_temp(path: &Path, mode: WriteMode) -> Result<(std::fs::File, WriteMode
             .open(path)
             .map(|file| (file, mode))
     };
-    let create = || match create(mode) {
+    let create = || match open_for(mode) {
         Err(error) if mode == WriteMode::Direct && error.raw_os_error() == Some(libc::EINVAL) => {
-            create(WriteMode::Buffered)
+            open_for(WriteMode::Buffered)
         }
         other => other,
     };
@@ -965,7 +965,7 @@ mod tests {
         let key = DataKey::generate().unwrap();
         let secret = b"PLAINTEXT-AUDIO-MARKER".repeat(20);
         // More than a write batch: sealed chunks reach the temporary file during the `write`.
-        let long_secret = b"PLAINTEXT-AUDIO-MARKER".repeat(15_000);
+        let long_secret = b"PLAINTEXT-AUDIO-MARKER".repeat(WRITE_BATCH / 22 + 1000);
 
         // Dropped before finish (client went away, error): the guard removes the temp file.
         let mut writer = BlobWriter::create(&vault, BlobId::generate(), &key, u64::MAX)
@@ -986,7 +986,11 @@ mod tests {
         let temp_files = temporaries(&vault);
         assert_eq!(temp_files.len(), 1);
         let bytes = std::fs::read(&temp_files[0]).unwrap();
+        assert!(bytes.len() >= WRITE_BATCH);
         assert!(!bytes.windows(22).any(|w| w == b"PLAINTEXT-AUDIO-MARKER"));
+
+        // A direct-I/O probe cut short by a crash, in the vault's own directory.
+        std::fs::write(vault.dir().join("direct-io-probe-1.tmp"), [0u8; ALIGN]).unwrap();
 
         // Left by an earlier version in the shared `vault/tmp/`: removed with the directory.
         let legacy = vault.dir().join("tmp");
@@ -996,7 +1000,7 @@ mod tests {
         // Crash after rename, before the catalog commit: the blob is listed for reconciliation.
         let sealed = write_blob(&vault, &key, &secret, 100).await;
         let scan = vault.recover().unwrap();
-        assert_eq!(scan.temp_removed, 2);
+        assert_eq!(scan.temp_removed, 3);
         assert!(!legacy.exists());
         assert_eq!(scan.blobs, vec![sealed.id]);
         assert!(temporaries(&vault).is_empty());
