@@ -28,7 +28,9 @@ use crate::ingest_http::{
     started_at, temp_files, tone_wav,
 };
 use crate::support::client::{Client, Response};
-use crate::support::{Instance, Setup, binary, files_under, is_vault_temporary};
+use crate::support::{
+    Instance, Setup, binary, files_under, is_vault_temporary, recording_blob_files,
+};
 
 const DEFAULT_ROUNDS: u64 = 100;
 
@@ -1152,11 +1154,8 @@ fn check_dead(
 
 /// Names of the recording blobs in the vault (`ID.cgv`): no temporaries, no quarantine.
 fn blob_names(data: &Path) -> HashSet<String> {
-    let vault = data.join("vault");
-    let quarantine = vault.join("quarantine");
-    files_under(&vault)
+    recording_blob_files(data)
         .into_iter()
-        .filter(|path| !path.starts_with(&quarantine) && !is_vault_temporary(path))
         .filter(|path| path.extension().is_some_and(|ext| ext == "cgv"))
         .filter_map(|path| {
             path.file_name()

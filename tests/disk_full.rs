@@ -18,7 +18,7 @@ use crate::ingest_http::{
     metadata, ok, runtime, sha256_hex, started_at, temp_files, tone_wav, vault_files,
 };
 use crate::support::client::{Client, Response};
-use crate::support::{Instance, Setup, files_under, is_vault_temporary};
+use crate::support::{Instance, Setup, files_under, recording_blob_files};
 
 /// What stays free while the disk is "nearly full": room for the catalog's WAL to grow by a
 /// few commits (audited reads), none for any recording the test sends (1.3 MB and more).
@@ -234,11 +234,8 @@ async fn catalog_ids(dpo: &Client) -> BTreeSet<String> {
 /// Every recording id with a blob in the vault (`vault/xx/<id>.cgv`, not temporary, not
 /// quarantined).
 fn vault_ids(data: &Path) -> BTreeSet<String> {
-    let vault = data.join("vault");
-    files_under(&vault)
+    recording_blob_files(data)
         .into_iter()
-        .filter(|path| !is_vault_temporary(path))
-        .filter(|path| !path.starts_with(vault.join("quarantine")))
         .map(|path| path.file_stem().unwrap().to_string_lossy().into_owned())
         .collect()
 }

@@ -157,9 +157,7 @@ impl BlobWriter {
         limit: u64,
     ) -> Result<BlobWriter, VaultError> {
         let mut writer = BlobWriter::unopened(vault, id, key, limit, vault.blob_path(&id))?;
-        let (file, mode) = create_temp(writer.temp.path(), writer.mode)?;
-        writer.file = Some(file);
-        writer.mode = mode;
+        writer.opened(create_temp(writer.temp.path(), writer.mode)?);
         Ok(writer)
     }
 
@@ -173,15 +171,20 @@ impl BlobWriter {
         let mut writer = BlobWriter::unopened(vault, id, key, limit, final_path)?;
         let temp_path = writer.temp.path().to_owned();
         let mode = writer.mode;
-        let (file, mode) = tokio::task::spawn_blocking(move || create_temp(&temp_path, mode))
+        let opened = tokio::task::spawn_blocking(move || create_temp(&temp_path, mode))
             .await
             .map_err(|join| VaultError::Write {
                 path: writer.temp.path().to_owned(),
                 source: std::io::Error::other(join.to_string()),
             })??;
-        writer.file = Some(file);
-        writer.mode = mode;
+        writer.opened(opened);
         Ok(writer)
+    }
+
+    /// Takes the temporary file `create_temp` opened, and the mode it could open it in.
+    fn opened(&mut self, (file, mode): (std::fs::File, WriteMode)) {
+        self.file = Some(file);
+        self.mode = mode;
     }
 
     /// A writer whose temporary file is not created yet (its guard is armed already).

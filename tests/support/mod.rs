@@ -300,6 +300,16 @@ pub fn is_vault_temporary(path: &Path) -> bool {
     path.extension().is_some_and(|ext| ext == "tmp")
 }
 
+/// The files of the vault under data directory `data` that are neither writes in progress nor
+/// quarantined: the recordings' blobs.
+pub fn recording_blob_files(data: &Path) -> Vec<PathBuf> {
+    let quarantine = data.join("vault").join("quarantine");
+    files_under(&data.join("vault"))
+        .into_iter()
+        .filter(|path| !path.starts_with(&quarantine) && !is_vault_temporary(path))
+        .collect()
+}
+
 /// Every file under `dir`, recursively.
 pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
