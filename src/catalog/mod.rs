@@ -3,7 +3,9 @@
 //! every SQL statement of the crate, grouped by domain (`users`, `recordings`, `audit_log`).
 //! Personal values are stored sealed (encrypted) or as HMAC lookup digests, never in clear.
 //! Methods are blocking: async code calls them through `Catalog::call` (a blocking thread), so
-//! no runtime thread waits on SQLite and no `await` happens while the connection is borrowed.
+//! no runtime thread waits on SQLite and no `await` happens while a connection is borrowed.
+//! Writes go through the one writer connection; reads run on reader connections beside it (WAL
+//! readers see the last commit and never wait for one, nor for a commit's fsync).
 
 pub mod alarms;
 mod audit_log;
@@ -65,12 +67,17 @@ pub(crate) fn sql(what: &'static str) -> impl FnOnce(rusqlite::Error) -> Catalog
     move |source| CatalogError::Sql { what, source }
 }
 
+/// Idle reader connections kept for the next reads; more are opened while reads overlap.
+const IDLE_READERS: usize = 8;
+
 /// A handle on the catalog database. Cheap to clone.
 #[derive(Clone)]
 pub struct Catalog {
     /// One connection, serialised: SQLite has one writer anyway, and `synchronous=FULL`
     /// commits are the durability point of every acknowledged action.
     conn: Arc<Mutex<Connection>>,
+    /// Idle read-only connections (`read`), opened on demand.
+    readers: Arc<Mutex<Vec<Connection>>>,
     /// Writes waiting for the next group commit (`group`).
     group: group::Queue,
     path: PathBuf,
@@ -84,39 +91,53 @@ impl std::fmt::Debug for Catalog {
 
 impl Catalog {
     /// Opens (creating if needed) the catalog at `path` and migrates it to the current schema.
-    #[expect(
-        clippy::disallowed_methods,
-        reason = "this is catalog::open, which sets the pragmas"
-    )]
     pub fn open(path: &Path) -> Result<Catalog, CatalogError> {
         let open_error = |source| CatalogError::Open {
             path: path.to_owned(),
             source,
         };
-        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_CREATE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let conn = Connection::open_with_flags(path, flags).map_err(open_error)?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))
-            .map_err(open_error)?;
+        let mut conn = connect(path, OpenFlags::SQLITE_OPEN_CREATE).map_err(open_error)?;
         conn.execute_batch(
             "PRAGMA journal_mode = WAL;
              PRAGMA synchronous = FULL;
              PRAGMA secure_delete = ON;
-             PRAGMA foreign_keys = ON;
-             PRAGMA trusted_schema = OFF;",
+             PRAGMA foreign_keys = ON;",
         )
         .map_err(open_error)?;
-        // The ingest path alone keeps about a dozen statements hot (the default cache is 16).
-        conn.set_prepared_statement_cache_capacity(64);
-        let mut conn = conn;
         migrations::migrate(&mut conn)?;
         restrict_mode(path);
         Ok(Catalog {
             conn: Arc::new(Mutex::new(conn)),
+            readers: Arc::default(),
             group: group::Queue::default(),
             path: path.to_owned(),
         })
+    }
+
+    fn idle_readers(&self) -> MutexGuard<'_, Vec<Connection>> {
+        self.readers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// An idle reader connection, or a new one; `read` gives it back.
+    fn reader(&self) -> Result<Connection, CatalogError> {
+        let idle = self.idle_readers().pop();
+        match idle {
+            Some(conn) => Ok(conn),
+            None => {
+                let conn = connect(&self.path, OpenFlags::empty()).map_err(|source| {
+                    CatalogError::Open {
+                        path: self.path.clone(),
+                        source,
+                    }
+                })?;
+                // Deny by default: a reader that tried to write would fail, not write.
+                conn.execute_batch("PRAGMA query_only = ON;")
+                    .map_err(sql("open reader"))?;
+                Ok(conn)
+            }
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -156,18 +177,19 @@ impl Catalog {
         Ok(value)
     }
 
-    /// Runs read-only `work` on a consistent snapshot.
+    /// Runs read-only `work` on a consistent snapshot: the last commit, on a reader connection
+    /// (never waiting for the writer).
     pub(crate) fn read<T>(
         &self,
         work: impl FnOnce(&Connection) -> Result<T, CatalogError>,
     ) -> Result<T, CatalogError> {
-        let mut conn = self.lock();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Deferred)
-            .map_err(sql("begin read"))?;
-        let value = work(&tx)?;
-        tx.finish().map_err(sql("end read"))?;
-        Ok(value)
+        let mut conn = self.reader()?;
+        let value = snapshot(&mut conn, work);
+        let mut idle = self.idle_readers();
+        if idle.len() < IDLE_READERS {
+            idle.push(conn);
+        }
+        value
     }
 
     /// Appends one audit entry in its own transaction. The receipt proves it is committed.
@@ -249,6 +271,36 @@ impl Catalog {
             .map_err(sql("keyring init"))
         })
     }
+}
+
+/// `work` in a read transaction of `conn`.
+fn snapshot<T>(
+    conn: &mut Connection,
+    work: impl FnOnce(&Connection) -> Result<T, CatalogError>,
+) -> Result<T, CatalogError> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Deferred)
+        .map_err(sql("begin read"))?;
+    let value = work(&tx)?;
+    tx.finish().map_err(sql("end read"))?;
+    Ok(value)
+}
+
+/// A connection of the catalog's database, with the settings every connection shares: a busy
+/// timeout, untrusted schema, a statement cache for the hot statements. `extra` adds open flags
+/// (the writer may create the file; readers never do).
+#[expect(
+    clippy::disallowed_methods,
+    reason = "this is the catalog's own connection opener"
+)]
+fn connect(path: &Path, extra: OpenFlags) -> rusqlite::Result<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX | extra;
+    let conn = Connection::open_with_flags(path, flags)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.execute_batch("PRAGMA trusted_schema = OFF;")?;
+    // The ingest path alone keeps about a dozen statements hot (the default cache is 16).
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
 }
 
 /// Filters of `GET /v1/audit` and `audit export`.
@@ -406,6 +458,47 @@ pub(crate) mod tests {
             .query_row("PRAGMA synchronous", [], |r| r.get(0))
             .unwrap();
         assert_eq!((mode.as_str(), secure, fk, sync), ("wal", 1, 1, 2));
+    }
+
+    #[test]
+    fn reads_see_the_last_commit_without_waiting_for_the_writer_and_cannot_write() {
+        let (_dir, catalog) = open_temp();
+        catalog
+            .audit(AuditDraft::system("test", "first"), at(1_800_000_000))
+            .unwrap();
+        // The writer connection is busy (a commit's fsync, say): a read still answers, from
+        // the last commit.
+        let writer = catalog.lock();
+        let seen = std::thread::scope(|scope| {
+            scope
+                .spawn(|| catalog.audit_batch(0, 10).unwrap().len())
+                .join()
+                .unwrap()
+        });
+        assert_eq!(seen, 1);
+        drop(writer);
+        catalog
+            .audit(AuditDraft::system("test", "second"), at(1_800_000_001))
+            .unwrap();
+        assert_eq!(catalog.audit_batch(0, 10).unwrap().len(), 2);
+        // Readers are query-only: a write slipped into a read fails and changes nothing.
+        let write = catalog.read(|conn| {
+            conn.execute(
+                "INSERT INTO keyring (name, wrapped) VALUES ('slipped', x'00')",
+                [],
+            )
+            .map_err(sql("insert"))
+        });
+        let Err(CatalogError::Sql { source, .. }) = write else {
+            panic!("a reader wrote: {write:?}");
+        };
+        assert_eq!(
+            source.sqlite_error_code(),
+            Some(rusqlite::ErrorCode::ReadOnly)
+        );
+        assert_eq!(catalog.keyring_get("slipped").unwrap(), None);
+        // Idle readers are kept, up to a bound.
+        assert!((1..=IDLE_READERS).contains(&catalog.idle_readers().len()));
     }
 
     #[test]

@@ -84,7 +84,7 @@ pub enum Admission {
     Discard(&'static str),
 }
 
-/// What the gate prepared for an admitted call, in the same blocking hand-off as its checks:
+/// What the gate prepared for an admitted call, right after its checks:
 /// the encrypted blob writer of a new call, or the row of a call id already stored (whose
 /// audio is then only hashed and compared). It carries the metadata it was admitted for, so
 /// that the ingest cannot pair it with another call's. Dropping it removes the writer's
@@ -116,7 +116,7 @@ impl std::fmt::Debug for Admitted {
     }
 }
 
-/// The blocking gate's verdict, before a discard is audited.
+/// The gate's verdict, before a discard is audited.
 enum Gate {
     Admit(Admitted),
     Discard(&'static str),
@@ -155,19 +155,17 @@ pub struct Pipeline {
 
 impl Pipeline {
     /// The objection gate, run on the metadata before any audio byte is persisted. A discard
-    /// is counted and audited (without any number). An admitted call gets, in the same blocking
-    /// hand-off, its idempotency lookup and, if new, its data key and encrypted blob writer.
+    /// is counted and audited (without any number). An admitted call gets its idempotency lookup
+    /// and, if new, its data key and encrypted blob writer. The gate runs in place, on the
+    /// runtime thread: two indexed reads on a reader connection (which never waits for the
+    /// writer), a key and a file creation cost less than a hand-off to a blocking thread.
     pub async fn admit(
         &self,
         meta: &CallMetadata,
         sender: &Sender,
     ) -> Result<Admission, IngestError> {
-        let pipeline = self.clone();
-        let meta = meta.clone();
         let now = self.clock.now();
-        let gate = tokio::task::spawn_blocking(move || pipeline.gate(meta, now))
-            .await
-            .map_err(|join| CatalogError::Task(join.to_string()))??;
+        let gate = self.gate(meta.clone(), now)?;
         match gate {
             Gate::Admit(admitted) => Ok(Admission::Admit(admitted)),
             Gate::Discard(reason) => {
@@ -177,7 +175,7 @@ impl Pipeline {
         }
     }
 
-    /// The blocking half of `admit`: objection check, idempotency lookup, writer.
+    /// The synchronous half of `admit`: objection check, idempotency lookup, writer.
     fn gate(&self, meta: CallMetadata, now: jiff::Timestamp) -> Result<Gate, IngestError> {
         let registry = Objections {
             catalog: &self.catalog,

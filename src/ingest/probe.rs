@@ -1939,7 +1939,8 @@ fn codec_name(codec: AudioCodecId) -> &'static str {
 /// Packets decoded to validate a stream's codec.
 const VALIDATE_PACKETS: usize = 8;
 
-/// Decodes the first packets of a stream: the stream is refused when none of them decodes.
+/// Decodes the first packets of a stream, up to the first that decodes: the stream is refused
+/// when none of the first `VALIDATE_PACKETS` decodes.
 struct DecodeCheck {
     container: &'static str,
     decoder: Box<dyn symphonia::core::codecs::audio::AudioDecoder>,
@@ -1966,7 +1967,8 @@ impl DecodeCheck {
     }
 
     fn decode(&mut self, packet: &symphonia::core::packet::Packet) {
-        if self.n_tried >= VALIDATE_PACKETS {
+        // One packet that decodes settles the verdict: the rest would cost without changing it.
+        if self.n_ok > 0 || self.n_tried >= VALIDATE_PACKETS {
             return;
         }
         self.n_tried += 1;

@@ -147,9 +147,8 @@ impl BlobWriter {
         .await
     }
 
-    /// Same as `create`, on the calling thread, which may block: for a caller already on a
-    /// blocking thread (the ingest gate opens the writer in the hand-off that runs its catalog
-    /// lookups).
+    /// Same as `create`, on the calling thread: one file creation (the ingest gate opens the
+    /// writer in place, right after its catalog lookups).
     pub fn create_blocking(
         vault: &Vault,
         id: BlobId,
