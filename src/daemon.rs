@@ -571,7 +571,8 @@ mod tests {
             writer.finish().await.unwrap();
         };
         // A committed recording with its blob, one whose blob vanished, an orphan blob (crash
-        // between rename and commit), and an unfinished write (crash mid-upload).
+        // between the blob's fsync and the commit), an unfinished write (crash mid-upload), and
+        // the temporary file of a write an earlier version left unfinished.
         let mut present = crate::catalog::recordings::tests::row(1, 100);
         let mut vanished = crate::catalog::recordings::tests::row(2, 100);
         present.id = BlobId::generate();
@@ -585,25 +586,29 @@ mod tests {
                 .insert_recording(row, AuditDraft::system("recording.ingest", ""), now)
                 .unwrap();
         }
-        let mut unfinished = BlobWriter::create(&vault, BlobId::generate(), &key, u64::MAX)
+        let unfinished_id = BlobId::generate();
+        let mut unfinished = BlobWriter::create(&vault, unfinished_id, &key, u64::MAX)
             .await
             .unwrap();
-        // More than a write batch: sealed chunks are in the temporary file when it "crashes".
+        // More than a write batch: sealed chunks are in the blob's file when it "crashes".
         unfinished.write(&vec![7u8; 1200 * 1024]).await.unwrap();
         std::mem::forget(unfinished);
+        let shard = vault.blob_path(&orphan).parent().unwrap().to_owned();
+        std::fs::write(shard.join(format!("{orphan}-0123abcd.tmp")), b"sealed").unwrap();
 
         let recovery = recover(&vault, &catalog).unwrap();
         assert_eq!(
             recovery,
             Recovery {
                 temp_removed: 1,
-                orphans_removed: 1,
+                orphans_removed: 2,
                 quarantine_orphans_removed: 0,
                 missing: 1,
                 found_again: 0
             }
         );
         assert!(!vault.blob_path(&orphan).exists());
+        assert!(!vault.blob_path(&unfinished_id).exists());
         assert!(vault.blob_path(&present.id).exists());
         let states: std::collections::HashMap<_, _> =
             catalog.recording_states().unwrap().into_iter().collect();

@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use serde_json::Value;
 
 use crate::ingest_http::{
-    PATIENCE, assert_no_plaintext, counts, eventually, listed, metadata, ok, sha256_hex,
-    temp_files, tone_wav, vault_files,
+    PATIENCE, assert_no_plaintext, counts, eventually, listed, metadata, ok, sha256_hex, tone_wav,
+    vault_files,
 };
 use crate::support::Setup;
 
@@ -56,10 +56,10 @@ fn kill_9_during_concurrent_uploads_loses_nothing_acknowledged_and_leaves_nothin
         let mut tasks = Vec::new();
         for (call_id, bytes, slow) in uploads.iter().cloned() {
             if !slow && tasks.len() == SLOW {
-                // Every slow upload mid-flight (half sent, temporary blobs in the vault)
-                // before the fast ones start.
+                // Every slow upload mid-flight (half sent, their blobs being written in the
+                // vault) before the fast ones start.
                 eventually("slow uploads mid-flight", || {
-                    half_sent.load(Ordering::SeqCst) == SLOW && temp_files(&data).len() >= SLOW
+                    half_sent.load(Ordering::SeqCst) == SLOW && vault_files(&data).blobs >= SLOW
                 })
                 .await;
             }
@@ -147,10 +147,6 @@ fn kill_9_during_concurrent_uploads_loses_nothing_acknowledged_and_leaves_nothin
     let instance = setup.start();
     runtime.block_on(async {
         let dpo = instance.client("dpo");
-        eventually("no temporary file after the restart", || {
-            temp_files(&data).is_empty()
-        })
-        .await;
         let mut visible = 0u64;
         let mut acknowledged = 0;
         for ((call_id, bytes, slow), outcome) in uploads.iter().zip(&outcomes) {

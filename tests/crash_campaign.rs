@@ -28,9 +28,7 @@ use crate::ingest_http::{
     started_at, temp_files, tone_wav,
 };
 use crate::support::client::{Client, Response};
-use crate::support::{
-    Instance, Setup, binary, files_under, is_vault_temporary, recording_blob_files,
-};
+use crate::support::{Instance, Setup, binary, files_under, recording_blob_files};
 
 const DEFAULT_ROUNDS: u64 = 100;
 
@@ -990,8 +988,9 @@ struct Model {
     spool: Vec<SpoolRecord>,
     /// Recordings seen `410 deleted`, with the round: their blob must be gone after a restart.
     deleted: BTreeMap<String, u64>,
-    /// Blobs already scanned for plaintext (immutable once renamed into place).
-    scanned: HashSet<PathBuf>,
+    /// Vault files already scanned for plaintext, by path, length and modification time (a blob
+    /// is written in place: one still being written is scanned again once it changed).
+    scanned: HashSet<(PathBuf, u64, std::time::SystemTime)>,
     /// Audio windows of every file the campaign sent, for the final scan.
     windows: Vec<(String, Vec<u8>)>,
 }
@@ -1120,8 +1119,8 @@ fn check_dead(
             format!("`callguard audit verify` exit {code}: {out}{err}"),
         );
     }
-    // No plaintext behind: the catalog, the unfinished writes and every blob not scanned yet
-    // (blobs do not change once renamed into place).
+    // No plaintext behind: the catalog, and every vault file not scanned yet as it is now
+    // (finished blobs do not change).
     let scratch = setup.root().join(format!(
         "plaintext-scan-{}",
         verdict.round.replace(' ', "-")
@@ -1130,8 +1129,12 @@ fn check_dead(
     let vault = setup.data.join("vault");
     for path in files_under(&setup.data) {
         let in_vault = path.starts_with(&vault);
-        let immutable = in_vault && !is_vault_temporary(&path);
-        if immutable && !model.scanned.insert(path.clone()) {
+        let state = std::fs::metadata(&path)
+            .and_then(|meta| Ok((meta.len(), meta.modified()?)))
+            .ok();
+        if let (true, Some((len, modified))) = (in_vault, state)
+            && !model.scanned.insert((path.clone(), len, modified))
+        {
             continue;
         }
         let relative = path
@@ -1164,16 +1167,21 @@ fn blob_names(data: &Path) -> HashSet<String> {
         .collect()
 }
 
-fn pre_kill_temporaries(data: &Path, kill_marker: &Path) -> Vec<PathBuf> {
+/// The vault files last written before the kill: the blobs (`ID.cgv`) and any temporary file.
+fn pre_kill_vault_files(data: &Path, kill_marker: &Path) -> (Vec<String>, Vec<PathBuf>) {
     let killed_at = std::fs::metadata(kill_marker).unwrap().modified().unwrap();
-    temp_files(data)
+    let before_kill = |path: &PathBuf| {
+        std::fs::metadata(path)
+            .and_then(|meta| meta.modified())
+            .is_ok_and(|modified| modified <= killed_at)
+    };
+    let blobs = recording_blob_files(data)
         .into_iter()
-        .filter(|path| {
-            std::fs::metadata(path)
-                .and_then(|meta| meta.modified())
-                .is_ok_and(|modified| modified <= killed_at)
-        })
-        .collect()
+        .filter(before_kill)
+        .filter_map(|path| Some(path.file_name()?.to_str()?.strip_suffix(".cgv")?.to_owned()))
+        .collect();
+    let temporaries = temp_files(data).into_iter().filter(before_kill).collect();
+    (blobs, temporaries)
 }
 
 /// Round statistics, printed one line per round.
@@ -1305,13 +1313,31 @@ async fn check_recovery(
     round: u64,
     kill_marker: &Path,
 ) {
-    for path in pre_kill_temporaries(data, kill_marker) {
+    // A write the kill interrupted left a blob without a catalog row (or, from an earlier
+    // version, a temporary file): recovery must have removed it.
+    let (blobs, temporaries) = pre_kill_vault_files(data, kill_marker);
+    for path in temporaries {
         let object = path.display().to_string();
         verdict.violation(
             "7",
             &object,
-            "unfinished write still in the vault after the restart",
+            "temporary file still in the vault after the restart",
         );
+    }
+    let listed: HashSet<String> = list_all(verdict, &clients.dpo, "/v1/recordings")
+        .await
+        .iter()
+        .filter_map(|item| item["id"].as_str().map(str::to_owned))
+        .collect();
+    for id in blobs.into_iter().filter(|id| !listed.contains(id)) {
+        let response = verdict.answered(
+            "recording metadata",
+            clients.dpo.get(&format!("/v1/recordings/{id}")).await,
+        );
+        if response.status == 404 {
+            let what = "blob without a catalog row (an unfinished write) after the restart";
+            verdict.violation("7", &format!("recording {id}"), what);
+        }
     }
     let status = verdict
         .answered("status", clients.dpo.get("/v1/status").await)

@@ -7,7 +7,7 @@ use std::io::Read;
 use jiff::SignedDuration;
 use sha2::{Digest, Sha256};
 
-use crate::ingest_http::{eventually, listed, started_at, temp_files, tone_wav, vault_files};
+use crate::ingest_http::{eventually, listed, started_at, tone_wav, vault_files};
 use crate::support::client::Response;
 use crate::support::{Client, Setup};
 
@@ -279,9 +279,7 @@ fn an_objection_registered_while_the_call_is_uploading_discards_it() {
             .unwrap();
         upload.send(&audio[..audio.len() / 2]).await.unwrap();
         // Past the objection check: the audio is being written into the vault.
-        eventually("the upload is being written", || {
-            !temp_files(&data).is_empty()
-        })
+        eventually("the upload is being written", || vault_files(&data).blobs > 0)
         .await;
         let response = dpo
             .post_json(

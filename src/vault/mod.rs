@@ -312,11 +312,12 @@ impl Vault {
         Ok(ids)
     }
 
-    /// Start-up scan: removes every temporary file (writes that never finished: `*.tmp` beside
-    /// the blobs and in the quarantine, a direct-I/O probe cut short in the vault's own
-    /// directory, and anything in the `tmp/` directory where earlier versions wrote them, which
-    /// is then removed) and lists the blobs, for the catalog to reconcile. Runs before any
-    /// write: a write in progress has a temporary file too.
+    /// Start-up scan: removes every temporary file (a direct-I/O probe cut short in the vault's
+    /// own directory, and the writes earlier versions left unfinished: `*.tmp` beside the blobs
+    /// and in the quarantine, anything in their shared `tmp/` directory, which is then removed)
+    /// and lists the blobs, for the catalog to reconcile: a blob without a row (a write that
+    /// never finished, or finished without its commit) is removed there. Runs before any write:
+    /// a write in progress is a blob without a row too.
     pub fn recover(&self) -> Result<RecoveryScan, VaultError> {
         let mut scan = RecoveryScan::default();
         let legacy_temp = self.dir.join(LEGACY_TEMP_DIR);
@@ -385,14 +386,15 @@ fn entries_of(dir: &Path) -> Result<Vec<std::fs::DirEntry>, VaultError> {
         .collect()
 }
 
-/// Suffix of the temporary file of a write in progress, in the directory of its blob.
+/// Suffix of temporary files: the direct-I/O probe's, and the unfinished writes of versions
+/// that wrote a blob under a temporary name beside its place and renamed it.
 pub(crate) const TEMP_SUFFIX: &str = ".tmp";
 
 /// Where earlier versions wrote their temporary files (`vault/tmp/`); recovery empties and
 /// removes it.
 const LEGACY_TEMP_DIR: &str = "tmp";
 
-/// Whether `name` is the temporary file of a write (finished or not, never a blob).
+/// Whether `name` is a temporary file (never a blob).
 pub(crate) fn is_temporary(name: &std::ffi::OsStr) -> bool {
     name.as_encoded_bytes().ends_with(TEMP_SUFFIX.as_bytes())
 }
