@@ -6,7 +6,7 @@
 //! removes it; a guard deletes it on every early return. No temporary name and no rename: a
 //! rename cost a second write of the directory and two context switches per blob (measured
 //! against the temporary-file scheme this replaced: 4.5 % less CPU per one-minute upload,
-//! docs/benchmarks.md). Parallel writes spread over the 256 shards instead of all creating
+//! docs/vault-format.md). Parallel writes spread over the 256 shards instead of all creating
 //! files in one directory. Writes bypass the page cache where the file system allows it
 //! (`direct`): whole blocks go to the device as they are sealed, and only the blob's last
 //! partial block is written through the cache, just before the fsync. Reading decrypts only the
