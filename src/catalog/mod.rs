@@ -2,10 +2,12 @@
 //! `synchronous=FULL`, `secure_delete`, foreign keys), versioned migrations, transactions, and
 //! every SQL statement of the crate, grouped by domain (`users`, `recordings`, `audit_log`).
 //! Personal values are stored sealed (encrypted) or as HMAC lookup digests, never in clear.
-//! Methods are blocking: async code calls them through `Catalog::call` (a blocking thread), so
-//! no runtime thread waits on SQLite and no `await` happens while a connection is borrowed.
-//! Writes go through the one writer connection; reads run on reader connections beside it (WAL
-//! readers see the last commit and never wait for one, nor for a commit's fsync).
+//! Methods are blocking: async code calls them through `Catalog::call` (a blocking thread),
+//! except a few indexed one-row reads that cost less than the hand-off (the role of a request's
+//! certificate, the ingest gate's lookups), and no `await` happens while a connection is
+//! borrowed. Writes go through the one writer connection; reads run on reader connections
+//! beside it (WAL readers see the last commit and never wait for one, nor for a commit's
+//! fsync), so a read in place never queues behind the writer.
 
 pub mod alarms;
 mod audit_log;
