@@ -45,7 +45,7 @@ impl WriteMode {
                 .write(true)
                 .create(true)
                 .truncate(true)
-                .custom_flags(libc::O_DIRECT)
+                .custom_flags(WriteMode::Direct.open_flags())
                 .open(&path)?;
             let mut block = AlignedBuf::with_capacity(ALIGN);
             block.extend_from_slice(&[0u8; ALIGN]);

@@ -280,21 +280,17 @@ impl Vault {
         if id.is_empty() || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Ok(());
         }
-        let path = self.quarantine_path(id);
-        match std::fs::remove_file(&path) {
-            Ok(()) => store::sync_dir(&self.dir.join("quarantine")),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(VaultError::Write { path, source }),
+        match remove_if_present(&self.quarantine_path(id))? {
+            true => store::sync_dir(&self.dir.join("quarantine")),
+            false => Ok(()),
         }
     }
 
     /// Removes a blob and makes the removal durable. A blob already gone is not an error.
     pub fn remove(&self, id: &BlobId) -> Result<(), VaultError> {
         let path = self.blob_path(id);
-        match std::fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(source) => return Err(VaultError::Write { path, source }),
+        if !remove_if_present(&path)? {
+            return Ok(());
         }
         match path.parent() {
             Some(parent) => store::sync_dir(parent),
@@ -404,17 +400,8 @@ pub(crate) fn is_temporary(name: &std::ffi::OsStr) -> bool {
 fn remove_temporaries(dir: &Path) -> Result<usize, VaultError> {
     let mut removed = 0;
     for entry in entries_of(dir)? {
-        if is_temporary(&entry.file_name()) {
-            match std::fs::remove_file(entry.path()) {
-                Ok(()) => removed += 1,
-                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-                Err(source) => {
-                    return Err(VaultError::Write {
-                        path: entry.path(),
-                        source,
-                    });
-                }
-            }
+        if is_temporary(&entry.file_name()) && remove_if_present(&entry.path())? {
+            removed += 1;
         }
     }
     if removed > 0 {
@@ -424,6 +411,18 @@ fn remove_temporaries(dir: &Path) -> Result<usize, VaultError> {
 }
 
 /// Removes one file; an error names it.
+/// Removes the file at `path`: `true` if it was there, `false` if it was already gone.
+fn remove_if_present(path: &Path) -> Result<bool, VaultError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(true),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(source) => Err(VaultError::Write {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
 fn remove_path(path: &Path) -> Result<(), VaultError> {
     std::fs::remove_file(path).map_err(|source| VaultError::Write {
         path: path.to_owned(),
@@ -431,8 +430,9 @@ fn remove_path(path: &Path) -> Result<(), VaultError> {
     })
 }
 
-/// The ids of the `<id>.cgv` files in `dir`. Temporary files (writes in progress) are skipped;
-/// anything else is left alone with a warning naming `place`.
+/// The ids of the `<id>.cgv` files in `dir`, finished or still being written (a blob without a
+/// catalog row is for the caller to judge). Temporary files are skipped; anything else is left
+/// alone with a warning naming `place`.
 fn blob_ids_in(dir: &Path, place: &str) -> Result<Vec<BlobId>, VaultError> {
     let mut ids = Vec::new();
     for entry in entries_of(dir)? {
@@ -464,10 +464,8 @@ const UNLINK_PER_THREAD: usize = 32;
 fn unlink_all(paths: Vec<PathBuf>) -> Result<Vec<PathBuf>, VaultError> {
     let mut removed = Vec::with_capacity(paths.len());
     for path in paths {
-        match std::fs::remove_file(&path) {
-            Ok(()) => removed.push(path),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-            Err(source) => return Err(VaultError::Write { path, source }),
+        if remove_if_present(&path)? {
+            removed.push(path);
         }
     }
     Ok(removed)
