@@ -496,11 +496,18 @@ fn a_full_catalog_answers_507_rolls_back_and_works_again_when_space_returns() {
         tmpfs.fill_leaving(blob_pages);
         // SPEC §5.1: the catalog's SQLITE_FULL at commit is a full disk too (507).
         assert_full(&upload(&recorder, "second", &second).await);
-        assert!(
-            instance.log().contains("database or disk is full"),
-            "{}",
-            instance.log()
-        );
+        // The log reaches the test through a pipe and a reader thread: it may lag the answer.
+        until(
+            &instance,
+            "the catalog's SQLITE_FULL in the log",
+            || async {
+                instance
+                    .log()
+                    .contains("database or disk is full")
+                    .then_some(())
+            },
+        )
+        .await;
         assert!(temp_files(&instance.setup.data).is_empty());
         assert_eq!(
             tmpfs.available(),
