@@ -1170,7 +1170,7 @@ async fn copy_round(shared: &Arc<Shared>, dir: &Path, range: std::ops::Range<u64
 
 /// The vault's own work on files number `range`, with the same concurrency, in this process:
 /// SHA-256 of the original and callguard's real write path (`BlobWriter`: AES-256-GCM chunks,
-/// written at the blob's path, fsync, directory fsync), fed in the bulk upload's 64 KiB frames; no
+/// written at the blob's path, fsync, directory fsync where the file system needs it), fed in the bulk upload's 64 KiB frames; no
 /// TLS, HTTP, probing or catalog. What is left of the copy's throughput once the bytes are
 /// hashed and sealed: the floor under any ingest that keeps the vault's guarantees here.
 async fn vault_round(
@@ -1918,7 +1918,7 @@ impl Summary {
                 line(format!("copy error: {error}"));
             }
             line(floor.text(&format!(
-                "vault alone (SHA-256 + BlobWriter: AES-256-GCM, written directly where the file system allows, fsync, dir fsync; no TLS, HTTP, probe or catalog), {} tasks",
+                "vault alone (SHA-256 + BlobWriter: AES-256-GCM, written directly where the file system allows, fsync, dir fsync where needed; no TLS, HTTP, probe or catalog), {} tasks",
                 self.concurrency
             )));
             if let Some(error) = &floor.error {

@@ -2,7 +2,7 @@
 //!
 //! - `raw_aes256gcm`: one AES-256-GCM call over each chunk of the default size (the floor: pure cipher).
 //! - `vault_format`: the vault's chunk sealing/opening (nonce derivation, header AAD, tags).
-//! - `vault_store`: the whole write path (blob file, chunks, fsync, dir fsync) and the
+//! - `vault_store`: the whole write path (blob file, chunks, fsync, dir fsync where needed) and the
 //!   streaming reader (`PlainReader`), on the data directory's file system.
 //!
 //! - `interleaved`: raw and vault passes over the same 16 MiB, alternating, and the median of

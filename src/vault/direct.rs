@@ -5,7 +5,8 @@
 //! (create, write, fsync, rename, directory fsync) cost 0.13–0.18 ms of CPU per file direct,
 //! 0.9–1.1 ms buffered once the VM's fast first GB after a pause is used up. Durability is
 //! unchanged: the blob is fsynced (for its size, its extents and the device's write cache),
-//! then its directory, before the catalog may commit its row.
+//! then its directory where the file system needs it (`durability`), before the catalog may
+//! commit its row.
 //!
 //! `O_DIRECT` wants memory addresses, file offsets and lengths aligned to the device's logical
 //! block. This module owns that alignment (`ALIGN`, `AlignedBuf`) and the start-up probe that

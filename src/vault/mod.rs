@@ -6,6 +6,7 @@
 //! ciphertext.
 
 pub mod direct;
+pub mod durability;
 pub mod format;
 pub mod keys;
 pub mod store;
@@ -118,6 +119,8 @@ pub struct Vault {
     buffers: store::BufferPool,
     /// Direct or buffered blob writes, as the start-up probe found.
     write_mode: direct::WriteMode,
+    /// Whether a new blob's fsync makes its name durable or its directory needs one too.
+    new_names: durability::NewNames,
 }
 
 /// What the start-up scan found.
@@ -132,7 +135,7 @@ pub struct RecoveryScan {
 impl Vault {
     /// Opens (and creates if needed) the vault under `dir`, with its quarantine and 256 shard
     /// directories. A directory created here is made durable (its parent fsynced) before the
-    /// vault is used, so a blob's own directory fsync is all its write needs.
+    /// vault is used, so a blob's write needs nothing above its own directory.
     pub fn open(dir: &Path) -> Result<Vault, VaultError> {
         let mut created_in = std::collections::BTreeSet::new();
         let shards = (0..=u8::MAX).map(|shard| dir.join(format!("{shard:02x}")));
@@ -159,12 +162,30 @@ impl Vault {
                 "no direct I/O in the vault's directory (refused, or the probe could not write): blobs go through the page cache"
             ),
         }
+        let (new_names, fs_type) = durability::NewNames::of(dir);
+        tracing::debug!(
+            dir = %dir.display(),
+            fs_type = fs_type.as_deref().unwrap_or("unknown"),
+            ?new_names,
+            "how the vault makes a new blob's name durable"
+        );
         Ok(Vault {
             dir: dir.to_owned(),
             chunk_size: format::DEFAULT_CHUNK_SIZE,
             buffers: store::BufferPool::default(),
             write_mode,
+            new_names,
         })
+    }
+
+    /// Same, with a chosen rule for new names (tests exercise both on any file system).
+    pub fn with_new_names(mut self, new_names: durability::NewNames) -> Vault {
+        self.new_names = new_names;
+        self
+    }
+
+    pub fn new_names(&self) -> durability::NewNames {
+        self.new_names
     }
 
     /// Same, with a chosen write mode (tests exercise both on any file system).

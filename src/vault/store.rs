@@ -1,6 +1,7 @@
 //! Blob files: the crash-safe write path and the random-access reader. A blob is written
 //! encrypted from its first byte at its own path (`vault/<shard>/<id>.cgv`, a new file, never an
-//! existing one), fsynced, and its directory fsynced; only then may the catalog commit its row.
+//! existing one) and fsynced, and its directory fsynced unless that fsync already made its name
+//! durable (`durability`: ext4 and XFS); only then may the catalog commit its row.
 //! The catalog row is the commit point: a blob file without a row is unfinished or abandoned,
 //! whatever its content, is never read (reads go through the catalog), and start-up recovery
 //! removes it; a guard deletes it on every early return. No temporary name and no rename: a
@@ -19,6 +20,7 @@ use std::path::{Path, PathBuf};
 use aes_gcm::Aes256Gcm;
 
 use crate::vault::direct::{ALIGN, AlignedBuf, WriteMode};
+use crate::vault::durability::NewNames;
 use crate::vault::format::{self, HEADER_LEN, Header, Layout, TAG_LEN};
 use crate::vault::keys::{self, DataKey};
 use crate::vault::{BlobId, Vault, VaultError};
@@ -37,7 +39,7 @@ pub struct SealedBlob {
 /// call: memory stays at one chunk) and in batches of up to `WRITE_BATCH` when it is fast (a
 /// bulk upload: a thread hand-off per MiB instead of per chunk, in a buffer reused from the
 /// vault's pool, so that a one-minute recording is written at its end in one go); the last
-/// batch, the fsync and the directory fsync share one hand-off. With direct
+/// batch, the fsync and the directory's (where needed) share one hand-off. With direct
 /// writes, a write takes the whole blocks of the buffer and the rest (less than a block)
 /// starts the next one.
 pub struct BlobWriter {
@@ -49,6 +51,8 @@ pub struct BlobWriter {
     file: Option<std::fs::File>,
     /// How `file` was opened: direct writes must be whole blocks.
     mode: WriteMode,
+    /// Whether `finish` fsyncs the directory too.
+    new_names: NewNames,
     /// Bytes written to `file` so far (a multiple of `ALIGN` when direct).
     written: u64,
     /// Removes the blob's file unless `finish` made it durable.
@@ -209,6 +213,7 @@ impl BlobWriter {
             cipher: key.cipher(),
             file: None,
             mode: vault.write_mode(),
+            new_names: vault.new_names(),
             written: 0,
             unfinished: DeleteOnDrop(Some(path.clone())),
             path,
@@ -263,8 +268,9 @@ impl BlobWriter {
     }
 
     /// Seals the last chunk and, in one blocking hand-off, writes what is left, fsyncs the
-    /// file and then its directory (which holds its new entry). After this returns the blob
-    /// survives power loss; the caller may commit the catalog row.
+    /// file and then, unless the file system made it durable with the file, its directory
+    /// (which holds its new entry). After this returns the blob survives power loss; the
+    /// caller may commit the catalog row.
     pub async fn finish(self) -> Result<SealedBlob, VaultError> {
         Ok(self.finish_then(|_| ()).await?.0)
     }
@@ -286,7 +292,7 @@ impl BlobWriter {
         let path = self.path.clone();
         let mut file = self.lend_file()?;
         let buffer = std::mem::take(&mut self.buffer);
-        let (mode, written) = (self.mode, self.written);
+        let (mode, written, new_names) = (self.mode, self.written, self.new_names);
         let done = tokio::task::spawn_blocking(move || -> Result<(AlignedBuf, T), VaultError> {
             let write_error = |source| VaultError::Write {
                 path: path.clone(),
@@ -296,18 +302,18 @@ impl BlobWriter {
             file.write_all(&buffer[..blocks]).map_err(write_error)?;
             if blocks < buffer.len() {
                 // The last partial block cannot be written directly: it goes through the page
-                // cache, by a second descriptor, and the fsync below flushes it.
-                drop(file);
-                file = std::fs::OpenOptions::new()
-                    .write(true)
-                    .open(&path)
-                    .map_err(write_error)?;
+                // cache (the descriptor drops `O_DIRECT`), and the fsync below flushes it.
+                if mode == WriteMode::Direct {
+                    buffered(&file).map_err(write_error)?;
+                }
                 file.write_all_at(&buffer[blocks..], written + blocks as u64)
                     .map_err(write_error)?;
             }
             file.sync_all().map_err(write_error)?;
             drop(file);
-            sync_dir(crate::vault::parent_of(&path))?;
+            if new_names == NewNames::DirectoryFsync {
+                sync_dir(crate::vault::parent_of(&path))?;
+            }
             Ok((buffer, then(&sealed)))
         })
         .await;
@@ -447,6 +453,14 @@ fn create_file(path: &Path, mode: WriteMode) -> Result<(std::fs::File, WriteMode
         }
         Err(source) => Err(create_error(source)),
     }
+}
+
+/// Turns a descriptor opened for direct writes into a buffered one (Linux lets `fcntl` change
+/// `O_DIRECT` on an open file), for the blob's last partial block.
+fn buffered(file: &std::fs::File) -> std::io::Result<()> {
+    let flags = rustix::fs::fcntl_getfl(file)?;
+    rustix::fs::fcntl_setfl(file, flags - rustix::fs::OFlags::DIRECT)?;
+    Ok(())
 }
 
 /// Writes the first `len` bytes of `buffer` to `file` on a blocking thread; hands both back.
@@ -773,8 +787,18 @@ mod tests {
             WRITE_BATCH + 3 * ALIGN,
             2 * WRITE_BATCH + 7,
         ];
-        for mode in [WriteMode::Direct, WriteMode::Buffered] {
-            let vault = vault.clone().with_write_mode(mode);
+        // Each write mode with each rule for new names (whether `finish` fsyncs the directory).
+        let cases = [
+            (WriteMode::Direct, NewNames::WithFileFsync),
+            (WriteMode::Buffered, NewNames::DirectoryFsync),
+            (WriteMode::Direct, NewNames::DirectoryFsync),
+            (WriteMode::Buffered, NewNames::WithFileFsync),
+        ];
+        for (mode, new_names) in cases {
+            let vault = vault
+                .clone()
+                .with_write_mode(mode)
+                .with_new_names(new_names);
             for len in [0, 1, c - 1, c, c + 1, 3 * c, 3 * c + 7]
                 .into_iter()
                 .chain(long)
