@@ -199,7 +199,7 @@ def targets():
             "copy (960 MB) can run entirely in that burst. The vault writes recordings with direct I/O, which needs no page "
             f"cache and so no burst: the ingest ran at {ingest[0]:.0f} to {ingest[-1]:.0f} MB/s in every run, bound by CPU "
             f"({ingest_ms[0]} to {ingest_ms[-1]} ms per file, server and load generator: TLS, SHA-256 and AES-256-GCM of every byte, "
-            "HTTP, the probe, the blob's fsync and directory fsync, the catalog commit), while the copy's CPU per file went from "
+            "HTTP, the probe, the blob's fsync, the catalog commit), while the copy's CPU per file went from "
             f"{copy_ms[0]} to {copy_ms[-1]} ms between runs. So the verdict is given per round, by the copy's regime: a round is in "
             f"the burst when its copy cost less than {BURST_COPY_MS} ms of CPU per file (0.1 to 0.4 ms there, 1 ms or more past it)."
             + ("" if split.get("burst") else " No round of this report met the copy in its burst (the disk did not give "
@@ -217,8 +217,8 @@ def targets():
                 f"Gap, stated plainly: against the copy in its burst, bulk ingest reached {burst['median']:.0f} % (median round), not 50 %. "
                 "Everything is CPU-bound on the same 2 cores. On top of what a copy does, the spec requires SHA-256 of "
                 f"every byte, AES-256-GCM with the required aes-gcm crate ({enc_vault:.0f} MiB/s: {seal_ms:.2f} ms per "
-                "file), TLS encryption in the load generator and decryption in the server, and the blob's fsync, "
-                "its directory's fsync and the catalog commit; half of a copy that costs "
+                "file), TLS encryption in the load generator and decryption in the server, and the blob's fsync "
+                "and the catalog commit; half of a copy that costs "
                 f"{copy_ms[0]} ms of CPU per file would need all of that in about 1 ms per file on 2 cores.",
             ]
     return rows
@@ -241,7 +241,7 @@ lines = [
     f"| decrypt | {dec_vault:.0f} MiB/s | {dec_raw:.0f} MiB/s | {dec_vault/dec_raw:.0%} | ≥ 80 % |",
     f"| encrypt, alternating pairs of passes | — | — | {enc_pairs:.0f} % (median) | ≥ 80 % |",
     f"| decrypt, alternating pairs of passes | — | — | {dec_pairs:.0f} % (median) | ≥ 80 % |",
-    f"| write path (blob file, fsync, dir fsync) | {store_w:.0f} MiB/s | {enc_raw:.0f} MiB/s | {store_w/enc_raw:.0%} | — |",
+    f"| write path (blob file, fsync, dir fsync where needed) | {store_w:.0f} MiB/s | {enc_raw:.0f} MiB/s | {store_w/enc_raw:.0%} | — |",
     f"| streaming read (`PlainReader`) | {store_r:.0f} MiB/s | {dec_raw:.0f} MiB/s | {store_r/dec_raw:.0%} | — |",
     f"| peer baseline: `age` (X25519, ChaCha20-Poly1305), same-size buffer | {age_mibs:.0f} MiB/s | {enc_raw:.0f} MiB/s | vault/age = {enc_vault/age_mibs:.1f}× | — |",
     "",
@@ -249,7 +249,7 @@ lines = [
     "",
     "Bulk: 8 kHz µ-law one-minute WAVs, 8 streams, against copying the same files with write+fsync "
     "(8 threads), and against the vault alone: the same files hashed and written through `BlobWriter` "
-    "(AES-256-GCM, direct I/O, fsync, directory fsync) in the load generator's process, without TLS, HTTP, "
+    "(AES-256-GCM, direct I/O, fsync, directory fsync where the file system needs it) in the load generator's process, without TLS, HTTP, "
     "probing or the catalog. The three are interleaved in 12 rounds of about 167 files, their order "
     "rotating from round to round, so that the disk's drift favours none (README, `--baseline-dir`). "
     "Each run is made rested and steady (see the note under the targets).",
