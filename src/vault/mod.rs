@@ -144,7 +144,7 @@ impl Vault {
             if sub.is_dir() {
                 continue;
             }
-            std::fs::create_dir_all(&sub).map_err(|source| VaultError::Write {
+            private_dir_all(&sub).map_err(|source| VaultError::Write {
                 path: sub.clone(),
                 source,
             })?;
@@ -381,6 +381,16 @@ impl Vault {
         }
         walk(&self.dir)
     }
+}
+
+/// Creates `dir` and any missing parent with mode 0700 (the vault's directories are the
+/// service's alone, whatever the umask).
+pub(crate) fn private_dir_all(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
 }
 
 /// The directory holding `path` (`.` for a bare relative name).

@@ -417,6 +417,10 @@ fn batch_capacity(chunk_size: u32) -> usize {
     WRITE_BATCH + one_chunk_capacity(chunk_size)
 }
 
+/// Blob files are the service's alone, whatever the umask of whoever runs it (systemd's unit
+/// sets 0077; `serve --dev` or a hand-run command may not).
+pub const BLOB_FILE_MODE: u32 = 0o600;
+
 /// Creates the file of a blob (never an existing one), for `mode`'s writes; a file system that
 /// refuses `O_DIRECT` for this file gets a buffered one (the mode returned). Its directory
 /// exists since the vault opened; one removed since by hand is made again (durably) rather
@@ -426,6 +430,7 @@ fn create_file(path: &Path, mode: WriteMode) -> Result<(std::fs::File, WriteMode
         std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
+            .mode(BLOB_FILE_MODE)
             .custom_flags(mode.open_flags())
             .open(path)
             .map(|file| (file, mode))
@@ -444,7 +449,7 @@ fn create_file(path: &Path, mode: WriteMode) -> Result<(std::fs::File, WriteMode
         Ok(opened) => Ok(opened),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
             let dir = crate::vault::parent_of(path);
-            std::fs::create_dir_all(dir).map_err(|source| VaultError::Write {
+            crate::vault::private_dir_all(dir).map_err(|source| VaultError::Write {
                 path: dir.to_owned(),
                 source,
             })?;
@@ -772,6 +777,31 @@ mod tests {
             vault.write_mode(),
             data.len()
         );
+    }
+
+    #[tokio::test]
+    async fn blobs_and_vault_directories_are_private_whatever_the_umask() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        // The test process runs with the usual umask (022), which would leave 0755 and 0644.
+        let (_dir, vault) = vault(4096);
+        let key = DataKey::generate().unwrap();
+        let sealed = write_blob(&vault, &key, &pattern(10_000), 1000).await;
+        let blob = vault.blob_path(&sealed.id);
+        assert_eq!(mode(&blob), BLOB_FILE_MODE);
+        assert_eq!(mode(crate::vault::parent_of(&blob)), 0o700);
+        assert_eq!(mode(vault.dir()), 0o700);
+        assert_eq!(mode(&vault.dir().join("quarantine")), 0o700);
+        // A shard removed by hand is made again, private too.
+        let id = BlobId::generate();
+        let shard = crate::vault::parent_of(&vault.blob_path(&id)).to_owned();
+        std::fs::remove_dir_all(&shard).unwrap();
+        let writer = BlobWriter::create(&vault, id, &key, u64::MAX)
+            .await
+            .unwrap();
+        writer.finish().await.unwrap();
+        assert_eq!(mode(&shard), 0o700);
+        assert_eq!(mode(&vault.blob_path(&id)), BLOB_FILE_MODE);
     }
 
     #[tokio::test]
