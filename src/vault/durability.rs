@@ -13,11 +13,12 @@
 //!   entry included, is one logged transaction before it.
 //!
 //! On those, a blob's fsync makes its name durable and the vault skips the directory fsync
-//! (measured on the reference VM: one device flush fewer per recording, 5 to 10 % more
-//! bulk ingest; docs/vault-format.md). Anything else — btrfs, network and FUSE file systems, overlays, a type that cannot
-//! be found — keeps the directory fsync. The type is read once, at start, from
-//! `/proc/self/mountinfo` (the mount whose device is the vault directory's); its magic number
-//! alone would not do, since ext2 and ext3 mounted by their own drivers share ext4's.
+//! (measured on the reference VM: one device flush fewer per recording, 5 to 10 % more bulk
+//! ingest; docs/vault-format.md). Anything else — btrfs, network and FUSE file systems,
+//! overlays, a type that cannot be found — keeps the directory fsync. The type is read once,
+//! at start, from `/proc/self/mountinfo` (the mount whose device is the vault directory's); its
+//! magic number alone would not do, since ext2 and ext3 mounted by their own drivers share
+//! ext4's.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
