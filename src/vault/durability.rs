@@ -1,6 +1,6 @@
 //! How a new blob's name (its directory entry) reaches the disk on the vault's file system.
 //! POSIX makes a new file's name durable only by an fsync of its directory, and that is what
-//! the vault does by default. Two Linux file systems document a stronger fsync, under which
+//! the vault does by default. Two Linux file systems give a stronger fsync by design, under which
 //! the directory fsync only costs a second device cache flush per recording:
 //!
 //! - **ext4.** With a journal, fsync commits the transaction that last changed the inode; the
