@@ -441,7 +441,6 @@ fn remove_temporaries(dir: &Path) -> Result<usize, VaultError> {
     Ok(removed)
 }
 
-/// Removes one file; an error names it.
 /// Removes the file at `path`: `true` if it was there, `false` if it was already gone.
 fn remove_if_present(path: &Path) -> Result<bool, VaultError> {
     match std::fs::remove_file(path) {
@@ -454,6 +453,7 @@ fn remove_if_present(path: &Path) -> Result<bool, VaultError> {
     }
 }
 
+/// Removes one file; an error names it.
 fn remove_path(path: &Path) -> Result<(), VaultError> {
     std::fs::remove_file(path).map_err(|source| VaultError::Write {
         path: path.to_owned(),
