@@ -1,8 +1,10 @@
 //! README's first command, as a new user runs it: `callguard serve --dev` in an empty
-//! directory, then the printed curl for `/v1/status` pasted into a shell.
+//! directory, then the printed curls for `/v1/status` and for an upload pasted into a shell.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
+
+use callguard::clock::{Clock, SystemClock};
 
 use crate::support::binary;
 
@@ -74,6 +76,51 @@ fn the_dev_instance_prints_a_curl_that_works_and_reuses_its_pki() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&output.stdout), "000");
     assert!(!output.status.success());
+
+    // The printed upload, with a `call.wav` beside it: stored, and not already past retention
+    // (its call starts when the instance does).
+    let upload = lines
+        .iter()
+        .map(|l| l.trim())
+        .find(|l| l.starts_with("curl ") && l.ends_with("/v1/recordings"))
+        .unwrap_or_else(|| panic!("no upload curl printed:\n{}", lines.join("\n")))
+        .to_owned();
+    let started_at: jiff::Timestamp = upload
+        .split("\"started_at\":\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("no started_at in {upload}"))
+        .parse()
+        .unwrap();
+    let skew = (SystemClock.now() - started_at).get_seconds().abs();
+    assert!(
+        skew < 600,
+        "the example call starts {skew} s away from now: {upload}"
+    );
+    let call = crate::support::audio::wav_sine(
+        dir.path(),
+        crate::support::audio::WavEncoding::Mulaw,
+        8000,
+        1,
+        1.5,
+    );
+    std::fs::rename(&call.path, dir.path().join("call.wav")).unwrap();
+    let output = Command::new("sh")
+        .arg("-c")
+        .arg(format!("{upload} -s -w '\\n%{{http_code}}'"))
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    assert_eq!(code, "201", "{text}");
+    let stored: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(stored["codec"], "pcm_mulaw", "{stored}");
+    let retain_until: jiff::Timestamp = stored["retain_until"].as_str().unwrap().parse().unwrap();
+    assert!(
+        retain_until > SystemClock.now() + jiff::SignedDuration::from_hours(24 * 150),
+        "{stored}"
+    );
 
     let _ = child.kill();
     let _ = child.wait();

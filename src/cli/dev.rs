@@ -8,6 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use jiff::Timestamp;
 
 use crate::access::Role;
 use crate::catalog::Catalog;
@@ -70,7 +71,8 @@ pub(crate) fn prepare(clock: &SharedClock) -> anyhow::Result<Prepared> {
         catalog.user_add(role.as_str(), role, &actor, clock.now())?;
     }
     let pki_display = display_path(&pki_dir);
-    let banner = Box::new(move |addr: SocketAddr| banner(&pki_display, addr));
+    let started = clock.now();
+    let banner = Box::new(move |addr: SocketAddr| banner(&pki_display, addr, started));
     Ok(Prepared { config, banner })
 }
 
@@ -104,8 +106,13 @@ fn display_path(path: &Path) -> PathBuf {
     }
 }
 
-fn banner(pki: &Path, addr: SocketAddr) -> String {
+/// The start-up text: where the instance lives and `curl` commands that work against it. The
+/// upload example's call starts at `now` (a fixed date would fall out of retention one day and
+/// be purged at once) and its `call_id` is new at each start.
+fn banner(pki: &Path, addr: SocketAddr, now: Timestamp) -> String {
     let pki = pki.display();
+    let second = now.as_second();
+    let started_at = Timestamp::from_second(second).unwrap_or(now);
     let base = format!("https://{addr}");
     let curl = |role: &str| {
         format!("curl --cacert {pki}/ca.crt --cert {pki}/{role}.crt --key {pki}/{role}.key")
@@ -114,7 +121,7 @@ fn banner(pki: &Path, addr: SocketAddr) -> String {
         "callguard development instance\n\
          \n  data, keys, spool and PKI: {root}\n\
          \n  Status (any role):\n    {status} {base}/v1/status\n\
-         \n  Upload a recording (recorder):\n    {recorder} -F 'metadata={{\"call_id\":\"demo-1\",\"started_at\":\"2026-11-23T10:15:00Z\",\"direction\":\"inbound\",\"caller\":\"0612345678\",\"callee\":\"0145678900\"}};type=application/json' -F audio=@call.wav {base}/v1/recordings\n\
+         \n  Upload a recording (recorder):\n    {recorder} -F 'metadata={{\"call_id\":\"demo-{second}\",\"started_at\":\"{started_at}\",\"direction\":\"inbound\",\"caller\":\"0612345678\",\"callee\":\"0145678900\"}};type=application/json' -F audio=@call.wav {base}/v1/recordings\n\
          \n  Search recordings (supervisor):\n    {supervisor} '{base}/v1/recordings?limit=10'\n\
          \n  Audit log (dpo):\n    {dpo} {base}/v1/audit\n",
         root = pki.to_string().trim_end_matches("/pki"),
