@@ -15,8 +15,27 @@ use sha2::{Digest, Sha256};
 use crate::support::audio::{self, WavEncoding};
 use crate::support::{Instance, Setup, any_file_contains, files_under};
 
-/// A spec example name (SPEC §5.2): callee 01 45 67 89 00, caller 06 12 34 56 78.
-const FREEPBX_NAME: &str = "in-0145678900-0612345678-20261122-101500-1700000000.123.wav";
+/// A FreePBX-convention name (SPEC §5.2) for a call that started `minutes_ago` minutes ago,
+/// in the spool's time zone (Europe/Paris): its recording is fresh whatever day the tests run
+/// (a fixed date would be past its six months one day, and purged as it arrives).
+// The server under test runs on the wall clock, so the test must too.
+#[allow(clippy::disallowed_methods)]
+fn freepbx_name(to: &str, from: &str, minutes_ago: i64, uniqueid: &str) -> String {
+    let local = jiff::Timestamp::now()
+        .checked_sub(jiff::SignedDuration::from_mins(minutes_ago))
+        .unwrap()
+        .in_tz("Europe/Paris")
+        .unwrap();
+    format!(
+        "in-{to}-{from}-{}-{uniqueid}.wav",
+        local.strftime("%Y%m%d-%H%M%S")
+    )
+}
+
+/// The spec example's parties (callee 01 45 67 89 00, caller 06 12 34 56 78), an hour ago.
+fn freepbx_example() -> String {
+    freepbx_name("0145678900", "0612345678", 60, "1700000000.123")
+}
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -40,7 +59,7 @@ fn pcm_window(wav: &[u8]) -> Vec<u8> {
 fn sidecar(call_id: &str, caller: &str) -> Vec<u8> {
     serde_json::json!({
         "call_id": call_id,
-        "started_at": "2026-11-22T09:15:00Z",
+        "started_at": crate::ingest_http::started_at(),
         "direction": "inbound",
         "caller": caller,
         "callee": "+33145678900",
@@ -207,9 +226,10 @@ fn freepbx_named_file_is_ingested_repeated_and_conflicting_calls_handled() {
     let spool = instance.setup.spool.clone();
     let audio = wav(1.5);
     let other_audio = wav(1.7);
+    let example = freepbx_example();
     runtime().block_on(async {
-        std::fs::write(spool.join(FREEPBX_NAME), &audio).unwrap();
-        let entries = settled(&instance, "recording.ingest", 1, &[FREEPBX_NAME]).await;
+        std::fs::write(spool.join(&example), &audio).unwrap();
+        let entries = settled(&instance, "recording.ingest", 1, &[&example]).await;
         let id = entries[0]["object"].as_str().unwrap().to_owned();
         // The metadata came from the name: the DPO finds it by the caller's number.
         let found = instance
@@ -255,7 +275,7 @@ fn freepbx_named_file_is_ingested_repeated_and_conflicting_calls_handled() {
         assert_eq!(audit(&instance, "recording.ingest").await.len(), 1);
 
         // The same call id with other audio: a conflict, kept in quarantine.
-        let conflicting = FREEPBX_NAME.replace("101500", "101501");
+        let conflicting = freepbx_name("0145678900", "0612345678", 59, "1700000000.123");
         std::fs::write(spool.join(&conflicting), &other_audio).unwrap();
         let entries = settled(&instance, "recording.quarantine", 1, &[&conflicting]).await;
         assert_eq!(
@@ -278,8 +298,8 @@ fn freepbx_named_file_is_ingested_repeated_and_conflicting_calls_handled() {
 fn files_being_written_or_under_a_temporary_name_are_left_alone_until_complete() {
     let instance = Setup::new("").start();
     let spool = instance.setup.spool.clone();
-    let name_only = "in-0145678900-0687654321-20261122-111500-1700000001.456.wav";
-    let parked = "in-0145678900-0611111111-20261122-121500-1700000002.789.wav";
+    let name_only = &freepbx_name("0145678900", "0687654321", 30, "1700000001.456");
+    let parked = &freepbx_name("0145678900", "0611111111", 20, "1700000002.789");
     let audio_a = wav(2.0);
     let audio_b = wav(2.5);
     let audio_c = wav(1.2);
@@ -472,6 +492,7 @@ fn an_objecting_caller_is_discarded_unread_and_unlinked() {
     let instance = Setup::new("").start();
     let spool = instance.setup.spool.clone();
     let audio = wav(1.0);
+    let example = freepbx_example();
     runtime().block_on(async {
         let objection = instance
             .client("dpo")
@@ -487,7 +508,7 @@ fn an_objecting_caller_is_discarded_unread_and_unlinked() {
             "{}",
             String::from_utf8_lossy(&objection.body)
         );
-        std::fs::write(spool.join(FREEPBX_NAME), &audio).unwrap();
+        std::fs::write(spool.join(&example), &audio).unwrap();
         std::fs::write(spool.join("call-obj.wav"), &audio).unwrap();
         std::fs::write(
             spool.join("call-obj.json"),
@@ -498,7 +519,7 @@ fn an_objecting_caller_is_discarded_unread_and_unlinked() {
             &instance,
             "recording.discard",
             2,
-            &[FREEPBX_NAME, "call-obj.wav", "call-obj.json"],
+            &[&example, "call-obj.wav", "call-obj.json"],
         )
         .await;
         for entry in &entries {
@@ -522,7 +543,8 @@ fn files_present_at_start_are_taken_and_other_files_left_alone() {
     let setup = Setup::new("");
     let audio = wav(1.0);
     let audio_2 = wav(1.3);
-    std::fs::write(setup.spool.join(FREEPBX_NAME), &audio).unwrap();
+    let example = freepbx_example();
+    std::fs::write(setup.spool.join(&example), &audio).unwrap();
     std::fs::write(setup.spool.join("call-early.wav"), &audio_2).unwrap();
     std::fs::write(
         setup.spool.join("call-early.json"),
@@ -539,7 +561,7 @@ fn files_present_at_start_are_taken_and_other_files_left_alone() {
             &instance,
             "recording.ingest",
             2,
-            &[FREEPBX_NAME, "call-early.wav", "call-early.json"],
+            &[&example, "call-early.wav", "call-early.json"],
         )
         .await;
         // Not touched: another kind of file, a directory, and audio waiting for its sidecar
