@@ -43,26 +43,37 @@ fn start_dev(dir: &std::path::Path) -> (std::process::Child, Vec<String>) {
     (child, lines)
 }
 
-#[test]
-fn the_dev_instance_prints_a_curl_that_works_and_reuses_its_pki() {
-    let dir = tempfile::tempdir().unwrap();
-    let (mut child, lines) = start_dev(dir.path());
-    let curl = lines
+/// The printed command line that starts with `curl ` and ends with `suffix`.
+fn printed_curl(lines: &[String], suffix: &str) -> String {
+    lines
         .iter()
         .map(|l| l.trim())
-        .find(|l| l.starts_with("curl ") && l.ends_with("/v1/status"))
-        .unwrap_or_else(|| panic!("no status curl printed:\n{}", lines.join("\n")))
-        .to_owned();
+        .find(|l| l.starts_with("curl ") && l.ends_with(suffix))
+        .unwrap_or_else(|| panic!("no curl for {suffix} printed:\n{}", lines.join("\n")))
+        .to_owned()
+}
+
+/// Runs `curl` as pasted into a shell in `dir`; returns the HTTP status and the JSON body.
+fn paste(curl: &str, dir: &std::path::Path) -> (String, serde_json::Value) {
     let output = Command::new("sh")
         .arg("-c")
         .arg(format!("{curl} -s -w '\\n%{{http_code}}'"))
-        .current_dir(dir.path())
+        .current_dir(dir)
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&output.stdout).into_owned();
     let (body, code) = text.rsplit_once('\n').unwrap();
-    assert_eq!(code, "200", "{text}");
-    let status: serde_json::Value = serde_json::from_str(body).unwrap();
+    let body = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {text}"));
+    (code.to_owned(), body)
+}
+
+#[test]
+fn the_dev_instance_prints_a_curl_that_works_and_reuses_its_pki() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, lines) = start_dev(dir.path());
+    let curl = printed_curl(&lines, "/v1/status");
+    let (code, status) = paste(&curl, dir.path());
+    assert_eq!(code, "200", "{status}");
     assert_eq!(status["identity"]["role"], "operator");
 
     // The same curl without the client certificate fails the handshake.
@@ -79,12 +90,7 @@ fn the_dev_instance_prints_a_curl_that_works_and_reuses_its_pki() {
 
     // The printed upload, with a `call.wav` beside it: stored, and not already past retention
     // (its call starts when the instance does).
-    let upload = lines
-        .iter()
-        .map(|l| l.trim())
-        .find(|l| l.starts_with("curl ") && l.ends_with("/v1/recordings"))
-        .unwrap_or_else(|| panic!("no upload curl printed:\n{}", lines.join("\n")))
-        .to_owned();
+    let upload = printed_curl(&lines, "/v1/recordings");
     let started_at: jiff::Timestamp = upload
         .split("\"started_at\":\"")
         .nth(1)
@@ -105,16 +111,8 @@ fn the_dev_instance_prints_a_curl_that_works_and_reuses_its_pki() {
         1.5,
     );
     std::fs::rename(&call.path, dir.path().join("call.wav")).unwrap();
-    let output = Command::new("sh")
-        .arg("-c")
-        .arg(format!("{upload} -s -w '\\n%{{http_code}}'"))
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&output.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap();
-    assert_eq!(code, "201", "{text}");
-    let stored: serde_json::Value = serde_json::from_str(body).unwrap();
+    let (code, stored) = paste(&upload, dir.path());
+    assert_eq!(code, "201", "{stored}");
     assert_eq!(stored["codec"], "pcm_mulaw", "{stored}");
     let retain_until: jiff::Timestamp = stored["retain_until"].as_str().unwrap().parse().unwrap();
     assert!(
