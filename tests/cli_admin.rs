@@ -16,7 +16,7 @@ fn usage_errors_exit_2_and_failures_exit_1_with_one_line() {
             "add",
             "x",
             "--role",
-            "admin",
+            "legal",
             "--config",
             "/nonexistent.toml",
         ],
@@ -124,8 +124,10 @@ fn users_can_be_listed_changed_and_removed() {
     assert_eq!((code, out.trim()), (0, "added alice with role legal"));
     let (code, out, _) = setup.cli(&["user", "add", "alice", "--role", "dpo"]);
     assert_eq!((code, out.trim()), (0, "changed alice: role legal -> dpo"));
+    // A role that does not exist is a usage error, named with the choices.
     let (code, _, err) = setup.cli(&["user", "add", "bob", "--role", "root"]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 2);
+    assert!(err.contains("one of operator, supervisor"), "{err}");
     assert!(err.contains("unknown role `root`"), "{err}");
     let (code, _, _) = setup.cli(&["user", "remove", "alice"]);
     assert_eq!(code, 0);

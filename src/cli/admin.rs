@@ -7,7 +7,6 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 
-use crate::access::Role;
 use crate::catalog::users::UserChange;
 use crate::catalog::{AuditFilter, Catalog};
 use crate::cli::{AuditCommand, Command, KeysCommand, QuarantineCommand, UserCommand, dev};
@@ -35,11 +34,7 @@ pub(super) fn run(
         Command::User { command } => {
             let catalog = open_catalog(&config)?;
             match command {
-                UserCommand::Add { cn, role } => {
-                    let parsed = Role::parse(&role).with_context(|| {
-                        let names: Vec<&str> = Role::ALL.iter().map(|r| r.as_str()).collect();
-                        format!("unknown role `{role}` (one of {})", names.join(", "))
-                    })?;
+                UserCommand::Add { cn, role: parsed } => {
                     validate_cn(&cn)?;
                     match catalog.user_add(&cn, parsed, &actor, clock.now())? {
                         UserChange::Added => println!("added {cn} with role {parsed}"),
@@ -252,8 +247,12 @@ fn purge(
         }
     }
     println!(
-        "{} recordings {verb}, {} kept past retention (held){}",
+        "{} recordings {}, {} kept past retention (held){}",
         report.deleted.len(),
+        match dry_run {
+            true => "would be deleted",
+            false => "deleted",
+        },
         report.kept.len(),
         match dry_run {
             true => String::new(),

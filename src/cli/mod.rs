@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
+use crate::access::Role;
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::{Config, DEFAULT_CONFIG_PATH};
 
@@ -78,14 +79,19 @@ pub enum Command {
 pub enum UserCommand {
     /// Register CN with a role (or change its role).
     Add {
+        /// The common name (CN) of the client certificate.
         cn: String,
-        #[arg(long)]
-        role: String,
+        /// operator, supervisor, legal, dpo, recorder, alarm_source or contracts.
+        #[arg(long, value_parser = parse_role)]
+        role: Role,
     },
     /// List registered CNs.
     List,
     /// Remove a CN.
-    Remove { cn: String },
+    Remove {
+        /// The common name (CN) of the client certificate.
+        cn: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -202,4 +208,12 @@ fn init_tracing(service: bool) {
             .with_writer(std::io::stderr)
             .try_init(),
     };
+}
+
+/// `--role`: a role's name; anything else is a usage error (exit 2), named with the choices.
+fn parse_role(text: &str) -> Result<Role, String> {
+    Role::parse(text).ok_or_else(|| {
+        let names: Vec<&str> = Role::ALL.iter().map(|r| r.as_str()).collect();
+        format!("unknown role `{text}` (one of {})", names.join(", "))
+    })
 }
