@@ -34,14 +34,14 @@ pub(super) fn run(
         Command::User { command } => {
             let catalog = open_catalog(&config)?;
             match command {
-                UserCommand::Add { cn, role: parsed } => {
+                UserCommand::Add { cn, role } => {
                     validate_cn(&cn)?;
-                    match catalog.user_add(&cn, parsed, &actor, clock.now())? {
-                        UserChange::Added => println!("added {cn} with role {parsed}"),
+                    match catalog.user_add(&cn, role, &actor, clock.now())? {
+                        UserChange::Added => println!("added {cn} with role {role}"),
                         UserChange::RoleChanged { from } => {
-                            println!("changed {cn}: role {from} -> {parsed}")
+                            println!("changed {cn}: role {from} -> {role}")
                         }
-                        UserChange::Unchanged => println!("{cn} already has role {parsed}"),
+                        UserChange::Unchanged => println!("{cn} already has role {role}"),
                     }
                 }
                 UserCommand::List => {
