@@ -1,5 +1,6 @@
-//! Who may do what: the closed set of roles a client-certificate CN can be given. The access
-//! matrix itself (which role may call which endpoint) lives with the endpoints in `api::routes`.
+//! Who may do what: the closed set of roles a client-certificate CN can be given, and the
+//! purposes each may state to read audio (SPEC §6). The access matrix itself (which role may
+//! call which endpoint) lives with the endpoints in `api::routes`.
 
 use std::fmt;
 
@@ -56,9 +57,37 @@ impl fmt::Display for Role {
     }
 }
 
+/// Purposes a reader may state to read audio (SPEC §6).
+pub const PURPOSES: [&str; 5] = [
+    "quality_review",
+    "training",
+    "litigation",
+    "data_subject_request",
+    "fraud_control",
+];
+
+/// Whether `role` may read audio for `purpose`: supervisors for review and training only, legal
+/// and the DPO for any, no one else.
+pub fn purpose_allowed(role: Role, purpose: &str) -> bool {
+    match role {
+        Role::Supervisor => purpose == "quality_review" || purpose == "training",
+        Role::Legal | Role::Dpo => true,
+        Role::AlarmSource | Role::Contracts | Role::Operator | Role::Recorder => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn supervisors_state_only_review_purposes() {
+        assert!(purpose_allowed(Role::Supervisor, "quality_review"));
+        assert!(purpose_allowed(Role::Supervisor, "training"));
+        assert!(!purpose_allowed(Role::Supervisor, "litigation"));
+        assert!(purpose_allowed(Role::Legal, "litigation"));
+        assert!(!purpose_allowed(Role::Operator, "training"));
+    }
 
     #[test]
     fn names_round_trip() {

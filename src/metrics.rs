@@ -15,6 +15,16 @@ use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
 type Labels = Vec<(&'static str, String)>;
+
+/// Why a call is discarded before storage (SPEC §5.1's `reason`).
+pub const DISCARD_REASONS: [&str; 2] = ["caller_objection", "call_objection"];
+
+/// Why a recording is deleted: its retention ended, its caller objected (registry or during the
+/// call), or the DPO erased it.
+pub const PURGE_REASONS: [&str; 4] = ["retention", "objection", "call_objection", "erasure"];
+
+/// What became of a receiver's frame (`alarms::receiver`'s counts).
+pub const ALARM_FRAME_RESULTS: [&str; 5] = ["ack", "nak", "ignored", "duplicate", "overflow"];
 type HistogramFamily = Family<Labels, Histogram, fn() -> Histogram>;
 
 /// Every metric of the process. Cheap to share (`Arc`).
@@ -102,6 +112,18 @@ impl Metrics {
             "API request latency",
             request_duration.clone(),
         );
+        // Every known label value is exported from the start, at 0: a dashboard or an alert
+        // on, say, discards by objection sees a series before the first one happens.
+        for (family, name, values) in [
+            (&discarded, "reason", &DISCARD_REASONS[..]),
+            (&purged, "reason", &PURGE_REASONS[..]),
+            (&audio_reads, "purpose", &crate::access::PURPOSES[..]),
+            (&alarm_frames, "result", &ALARM_FRAME_RESULTS[..]),
+        ] {
+            for value in values {
+                drop(family.get_or_create(&vec![(name, (*value).to_owned())]));
+            }
+        }
         Arc::new(Metrics {
             registry,
             ingested,
@@ -179,5 +201,39 @@ pub async fn serve(
             )
             .await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_known_label_value_is_exported_at_zero_from_the_start() {
+        let text = Metrics::new().render();
+        let mut expected: Vec<String> = Vec::new();
+        for reason in DISCARD_REASONS {
+            expected.push(format!(
+                "callguard_recordings_discarded_total{{reason=\"{reason}\"}} 0"
+            ));
+        }
+        for reason in PURGE_REASONS {
+            expected.push(format!(
+                "callguard_recordings_purged_total{{reason=\"{reason}\"}} 0"
+            ));
+        }
+        for purpose in crate::access::PURPOSES {
+            expected.push(format!(
+                "callguard_audio_reads_total{{purpose=\"{purpose}\"}} 0"
+            ));
+        }
+        for result in ALARM_FRAME_RESULTS {
+            expected.push(format!(
+                "callguard_alarm_frames_total{{result=\"{result}\"}} 0"
+            ));
+        }
+        for line in expected {
+            assert!(text.lines().any(|l| l == line), "no `{line}` in:\n{text}");
+        }
     }
 }

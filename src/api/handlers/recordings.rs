@@ -12,7 +12,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::{Response, StatusCode, header};
 
-use crate::access::Role;
+use crate::access::{PURPOSES, Role, purpose_allowed};
 use crate::api::error::ApiError;
 use crate::api::{
     AppState, Body, ChannelWriter, Request, channel_body, json, limit_param, page, text_field,
@@ -30,23 +30,6 @@ use crate::objections::{CALL_ID_DOMAIN, CALLER_DOMAIN};
 use crate::retention::purge::unlink_and_checkpoint;
 use crate::vault::BlobId;
 use crate::vault::store::PlainReader;
-
-/// Purposes a reader may state, and who may state them.
-pub(super) const PURPOSES: [&str; 5] = [
-    "quality_review",
-    "training",
-    "litigation",
-    "data_subject_request",
-    "fraud_control",
-];
-
-fn purpose_allowed(role: Role, purpose: &str) -> bool {
-    match role {
-        Role::Supervisor => purpose == "quality_review" || purpose == "training",
-        Role::Legal | Role::Dpo => true,
-        Role::AlarmSource | Role::Contracts | Role::Operator | Role::Recorder => false,
-    }
-}
 
 /// The request body as a byte stream, each frame bounded by `idle`.
 fn body_stream(
@@ -794,14 +777,5 @@ mod tests {
             assert!(parse_range(bad, 100).is_err(), "{bad}");
         }
         assert!(parse_range("bytes=0-0", 0).is_err());
-    }
-
-    #[test]
-    fn supervisors_state_only_review_purposes() {
-        assert!(purpose_allowed(Role::Supervisor, "quality_review"));
-        assert!(purpose_allowed(Role::Supervisor, "training"));
-        assert!(!purpose_allowed(Role::Supervisor, "litigation"));
-        assert!(purpose_allowed(Role::Legal, "litigation"));
-        assert!(!purpose_allowed(Role::Operator, "training"));
     }
 }
