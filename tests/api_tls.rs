@@ -235,17 +235,7 @@ fn metrics_are_served_in_prometheus_format() {
     let instance = Setup::new("").start();
     let body = runtime().block_on(async {
         let _ = instance.client("operator").get("/v1/status").await.unwrap();
-        let mut tcp = tokio::net::TcpStream::connect(instance.metrics)
-            .await
-            .unwrap();
-        tcp.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
-            .await
-            .unwrap();
-        let mut out = Vec::new();
-        tokio::io::AsyncReadExt::read_to_end(&mut tcp, &mut out)
-            .await
-            .unwrap();
-        String::from_utf8(out).unwrap()
+        instance.metrics_response().await
     });
     assert!(body.starts_with("HTTP/1.1 200"), "{body}");
     assert!(
@@ -256,4 +246,13 @@ fn metrics_are_served_in_prometheus_format() {
         body.contains("callguard_http_request_duration_seconds_bucket"),
         "{body}"
     );
+    // Labelled counters exist at 0 before their first event.
+    for line in [
+        "callguard_recordings_discarded_total{reason=\"caller_objection\"} 0",
+        "callguard_recordings_purged_total{reason=\"retention\"} 0",
+        "callguard_audio_reads_total{purpose=\"quality_review\"} 0",
+        "callguard_alarm_frames_total{result=\"ack\"} 0",
+    ] {
+        assert!(body.lines().any(|l| l == line), "no `{line}` in {body}");
+    }
 }

@@ -447,8 +447,8 @@ impl Catalog {
     }
 
     /// Releases an active hold. Recordings no longer covered by any hold that carry a deferred
-    /// deletion are shredded now (returned, to unlink); expired ones wait for the next purge.
-    /// `None` if the hold does not exist or is already released.
+    /// deletion are shredded now (returned with the deletion's reason, to unlink); expired ones
+    /// wait for the next purge. `None` if the hold does not exist or is already released.
     pub fn hold_release(
         &self,
         id: &str,
@@ -457,7 +457,7 @@ impl Catalog {
         audit: AuditDraft,
         deletion_audit: &dyn Fn(&BlobId, &str) -> AuditDraft,
         now: jiff::Timestamp,
-    ) -> Result<Option<Vec<BlobId>>, CatalogError> {
+    ) -> Result<Option<Vec<(BlobId, String)>>, CatalogError> {
         self.write(|tx| {
             let active: bool = tx
                 .query_row("SELECT EXISTS (SELECT 1 FROM holds WHERE id = ?1 AND released_at IS NULL)", [id], |row| row.get(0))
@@ -485,7 +485,7 @@ impl Catalog {
                 if let Some(Some(why)) = pending {
                     shred_in(tx, &recording, &why, now)?;
                     audit_log::append(tx, deletion_audit(&recording, &why), now)?;
-                    deleted.push(recording);
+                    deleted.push((recording, why));
                 }
             }
             Ok(Some(deleted))

@@ -497,6 +497,7 @@ impl Real {
                 now,
             )
             .unwrap()?;
+        let deleted: Vec<BlobId> = deleted.into_iter().map(|(id, _)| id).collect();
         unlink_and_checkpoint(&self.catalog, &self.vault, &deleted).unwrap();
         Some(deleted.into_iter().collect())
     }

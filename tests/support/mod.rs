@@ -242,6 +242,18 @@ impl Instance {
         self.log.lock().unwrap().join("\n")
     }
 
+    /// The raw answer (status line, headers, body) of `GET /metrics` on the metrics listener.
+    pub async fn metrics_response(&self) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = tokio::net::TcpStream::connect(self.metrics).await.unwrap();
+        tcp.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        tcp.read_to_end(&mut out).await.unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
     /// Kills the server with SIGKILL (crash tests) and waits for it.
     pub fn kill9(&mut self) -> Setup {
         if let Some(mut child) = self.child.take() {

@@ -131,6 +131,13 @@ pub(super) async fn call_objection(
         registry.register_call(&call_id, &caller.cn, caller.role.as_str(), now)
     })
     .await?;
+    if outcome == Deletion::Deleted {
+        state
+            .metrics
+            .purged
+            .get_or_create(&vec![("reason", "call_objection".to_owned())])
+            .inc();
+    }
     let recording = match outcome {
         Deletion::Deleted => "deleted",
         Deletion::Deferred => "deferred",
@@ -381,11 +388,18 @@ pub(super) async fn hold_release(
         .await?;
     let deleted = released.ok_or(ApiError::NotFound)?;
     let (catalog, vault) = (state.catalog.clone(), state.vault.clone());
-    let to_unlink = deleted.clone();
+    let to_unlink: Vec<BlobId> = deleted.iter().map(|(id, _)| *id).collect();
     tokio::task::spawn_blocking(move || unlink_and_checkpoint(&catalog, &vault, &to_unlink))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?
         .map_err(|e| ApiError::Internal(e.to_string()))?;
+    for (_, why) in &deleted {
+        state
+            .metrics
+            .purged
+            .get_or_create(&vec![("reason", why.clone())])
+            .inc();
+    }
     state.metrics.holds_active.dec();
     Ok(json(
         StatusCode::OK,
