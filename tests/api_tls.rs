@@ -247,12 +247,13 @@ fn metrics_are_served_in_prometheus_format() {
         "{body}"
     );
     // Labelled counters exist at 0 before their first event.
-    for line in [
-        "callguard_recordings_discarded_total{reason=\"caller_objection\"} 0",
-        "callguard_recordings_purged_total{reason=\"retention\"} 0",
-        "callguard_audio_reads_total{purpose=\"quality_review\"} 0",
-        "callguard_alarm_frames_total{result=\"ack\"} 0",
-    ] {
-        assert!(body.lines().any(|l| l == line), "no `{line}` in {body}");
-    }
+    crate::support::assert_has_lines(
+        &body,
+        &[
+            "callguard_recordings_discarded_total{reason=\"caller_objection\"} 0",
+            "callguard_recordings_purged_total{reason=\"retention\"} 0",
+            "callguard_audio_reads_total{purpose=\"quality_review\"} 0",
+            "callguard_alarm_frames_total{result=\"ack\"} 0",
+        ],
+    );
 }

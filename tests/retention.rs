@@ -239,14 +239,12 @@ fn retention_holds_objections_and_erasure_end_to_end() {
         // The server counted each deletion by its reason, the deferred ones at release (the
         // expired one went through the CLI's purge, another process), and each discard.
         let metrics = instance.metrics_response().await;
-        for line in [
+        crate::support::assert_has_lines(&metrics, &[
             "callguard_recordings_purged_total{reason=\"objection\"} 2",
             "callguard_recordings_purged_total{reason=\"erasure\"} 1",
             "callguard_recordings_discarded_total{reason=\"caller_objection\"} 1",
             "callguard_recordings_discarded_total{reason=\"call_objection\"} 1",
-        ] {
-            assert!(metrics.lines().any(|l| l == line), "no `{line}` in {metrics}");
-        }
+        ]);
 
         let (code, out, err) = setup.cli(&["audit", "verify"]);
         assert_eq!(code, 0, "{out}{err}");

@@ -242,7 +242,8 @@ impl Instance {
         self.log.lock().unwrap().join("\n")
     }
 
-    /// The raw answer (status line, headers, body) of `GET /metrics` on the metrics listener.
+    /// The raw answer (status line, headers, body) of `GET /metrics` on the metrics listener;
+    /// see `assert_has_lines`.
     pub async fn metrics_response(&self) -> String {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut tcp = tokio::net::TcpStream::connect(self.metrics).await.unwrap();
@@ -348,4 +349,11 @@ pub fn any_file_contains(dir: &Path, needle: &[u8]) -> Option<PathBuf> {
             .map(|bytes| !needle.is_empty() && bytes.windows(needle.len()).any(|w| w == needle))
             .unwrap_or(false)
     })
+}
+
+/// Fails unless each of `lines` is a whole line of `text` (metrics samples, CLI output).
+pub fn assert_has_lines(text: &str, lines: &[&str]) {
+    for line in lines {
+        assert!(text.lines().any(|l| l == *line), "no `{line}` in:\n{text}");
+    }
 }
