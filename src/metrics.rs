@@ -15,6 +15,7 @@ use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
 type Labels = Vec<(&'static str, String)>;
+type HistogramFamily = Family<Labels, Histogram, fn() -> Histogram>;
 
 /// Why a call is discarded before storage (SPEC §5.1's `reason`).
 pub const DISCARD_REASONS: [&str; 2] = ["caller_objection", "call_objection"];
@@ -25,7 +26,6 @@ pub const PURGE_REASONS: [&str; 4] = ["retention", "objection", "call_objection"
 
 /// What became of a receiver's frame (`alarms::receiver`'s counts).
 pub const ALARM_FRAME_RESULTS: [&str; 5] = ["ack", "nak", "ignored", "duplicate", "overflow"];
-type HistogramFamily = Family<Labels, Histogram, fn() -> Histogram>;
 
 /// Every metric of the process. Cheap to share (`Arc`).
 pub struct Metrics {
