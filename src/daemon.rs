@@ -356,11 +356,7 @@ fn spawn_purge(tracker: &TaskTracker, state: &Arc<AppState>, shutdown: Cancellat
             match result {
                 Ok(Ok(report)) => {
                     for (_, reason) in &report.deleted {
-                        state
-                            .metrics
-                            .purged
-                            .get_or_create(&vec![("reason", reason.clone())])
-                            .inc();
+                        state.metrics.count_purged(reason, 1);
                     }
                     if let Ok(n) = state.catalog.holds_active() {
                         state.metrics.holds_active.set(n as i64);

@@ -33,7 +33,7 @@ pub struct Metrics {
     pub ingested: Counter,
     pub discarded: Family<Labels, Counter>,
     pub quarantined: Counter,
-    pub purged: Family<Labels, Counter>,
+    purged: Family<Labels, Counter>,
     pub holds_active: Gauge,
     pub audio_reads: Family<Labels, Counter>,
     pub alarm_frames: Family<Labels, Counter>,
@@ -138,6 +138,13 @@ impl Metrics {
             requests,
             request_duration,
         })
+    }
+
+    /// Counts `n` recordings deleted for `reason` (one of `PURGE_REASONS`).
+    pub fn count_purged(&self, reason: &str, n: u64) {
+        self.purged
+            .get_or_create(&vec![("reason", reason.to_owned())])
+            .inc_by(n);
     }
 
     /// Prometheus text exposition.

@@ -106,9 +106,7 @@ pub(super) async fn objection_create(
     .await?;
     state
         .metrics
-        .purged
-        .get_or_create(&vec![("reason", "objection".to_owned())])
-        .inc_by(registered.recordings_deleted);
+        .count_purged("objection", registered.recordings_deleted);
     Ok(json(
         StatusCode::CREATED,
         &serde_json::json!({
@@ -132,11 +130,7 @@ pub(super) async fn call_objection(
     })
     .await?;
     if outcome == Deletion::Deleted {
-        state
-            .metrics
-            .purged
-            .get_or_create(&vec![("reason", "call_objection".to_owned())])
-            .inc();
+        state.metrics.count_purged("call_objection", 1);
     }
     let recording = match outcome {
         Deletion::Deleted => "deleted",
@@ -394,11 +388,7 @@ pub(super) async fn hold_release(
         .map_err(|e| ApiError::Internal(e.to_string()))?
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     for (_, why) in &deleted {
-        state
-            .metrics
-            .purged
-            .get_or_create(&vec![("reason", why.clone())])
-            .inc();
+        state.metrics.count_purged(why, 1);
     }
     state.metrics.holds_active.dec();
     Ok(json(

@@ -739,11 +739,7 @@ pub(super) async fn delete(
                 .await
                 .map_err(|e| ApiError::Internal(e.to_string()))?
                 .map_err(|e| ApiError::Internal(e.to_string()))?;
-            state
-                .metrics
-                .purged
-                .get_or_create(&vec![("reason", "erasure".to_owned())])
-                .inc();
+            state.metrics.count_purged("erasure", 1);
             Ok(json(
                 StatusCode::OK,
                 &serde_json::json!({ "id": id.to_string(), "status": "deleted", "deleted_at": format_time(now) }),
