@@ -69,6 +69,9 @@ pub const PURPOSES: [&str; 5] = [
 /// Whether `role` may read audio for `purpose`: supervisors for review and training only, legal
 /// and the DPO for any, no one else.
 pub fn purpose_allowed(role: Role, purpose: &str) -> bool {
+    if !PURPOSES.contains(&purpose) {
+        return false;
+    }
     match role {
         Role::Supervisor => purpose == "quality_review" || purpose == "training",
         Role::Legal | Role::Dpo => true,
@@ -87,6 +90,8 @@ mod tests {
         assert!(!purpose_allowed(Role::Supervisor, "litigation"));
         assert!(purpose_allowed(Role::Legal, "litigation"));
         assert!(!purpose_allowed(Role::Operator, "training"));
+        assert!(!purpose_allowed(Role::Legal, "marketing"));
+        assert!(!purpose_allowed(Role::Dpo, ""));
     }
 
     #[test]

@@ -200,6 +200,77 @@ pub fn recover(vault: &Vault, catalog: &Catalog) -> Result<Recovery, DaemonError
     Ok(recovery)
 }
 
+/// Receiver-metric ticks (3 s) between two closings of cases past `alarms.max_open`.
+const CASE_EXPIRY_TICKS: u64 = 5;
+
+/// Longest wait between two attempts to record an acknowledged alarm event.
+const ALARM_RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// Records one acknowledged alarm event (opens or joins its case). The receiver has already
+/// answered ACK, so the event must not be lost: while the catalog cannot take it (a full disk,
+/// an I/O error) it is retried with back-off until it is recorded or the service stops, and the
+/// events behind it wait (the receivers stop reading their ports once their queues are full, so
+/// the alarm receivers keep and resend what follows).
+async fn record_alarm_event(
+    state: &Arc<AppState>,
+    event: &crate::alarms::receiver::ReceivedEvent,
+    shutdown: &CancellationToken,
+) {
+    let mut wait = Duration::from_secs(1);
+    let mut attempts = 0u32;
+    loop {
+        let worker = state.clone();
+        let job = event.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let now = worker.clock.now();
+            worker.cases().record(
+                &job.account,
+                &job.code,
+                job.zone.as_deref(),
+                &crate::alarms::cases::Origin::receiver(&job.receiver),
+                job.received_at,
+                now,
+            )
+        })
+        .await;
+        attempts += 1;
+        let error = match result {
+            Ok(Ok(change)) => {
+                if attempts > 1 {
+                    state.metrics.alarm_events_waiting.set(0);
+                    tracing::warn!(attempts, "alarm event recorded after retries");
+                }
+                tracing::debug!(?change, "alarm event recorded");
+                return;
+            }
+            Ok(Err(crate::alarms::cases::CaseError::Catalog(error))) => error.to_string(),
+            Ok(Err(error)) => {
+                tracing::error!(%error, receiver = %event.receiver, "alarm event cannot be recorded; dropped");
+                return;
+            }
+            Err(join) => {
+                tracing::error!(%join, "alarm event task failed");
+                return;
+            }
+        };
+        state.metrics.alarm_events_waiting.set(1);
+        tracing::error!(
+            error = %error,
+            receiver = %event.receiver,
+            retry_in_s = wait.as_secs(),
+            "cannot record an acknowledged alarm event; retrying (later events wait behind it)"
+        );
+        tokio::select! {
+            () = shutdown.cancelled() => {
+                tracing::error!(receiver = %event.receiver, "stopping with an acknowledged alarm event not recorded");
+                return;
+            }
+            () = tokio::time::sleep(wait) => {}
+        }
+        wait = (wait * 2).min(ALARM_RETRY_MAX);
+    }
+}
+
 /// Runs the gateway until SIGTERM/SIGINT.
 pub async fn serve(
     config: Config,
@@ -449,31 +520,15 @@ fn spawn_alarms(tracker: &TaskTracker, state: &Arc<AppState>, shutdown: Cancella
                     None => return,
                 },
             };
-            let worker = consumer.clone();
-            let result = tokio::task::spawn_blocking(move || {
-                let cases = worker.cases();
-                let now = worker.clock.now();
-                cases.record(
-                    &event.account,
-                    &event.code,
-                    event.zone.as_deref(),
-                    &event.receiver,
-                    event.received_at,
-                    now,
-                )
-            })
-            .await;
-            match result {
-                Ok(Ok(change)) => tracing::debug!(?change, "alarm event recorded"),
-                Ok(Err(error)) => tracing::error!(%error, "cannot record an alarm event"),
-                Err(join) => tracing::error!(%join, "alarm event task failed"),
-            }
+            record_alarm_event(&consumer, &event, &consumer_shutdown).await;
         }
     });
 
     let ticker = state.clone();
     tracker.spawn(async move {
-        let mut interval = tokio::time::interval(Duration::from_secs(15));
+        // Receiver metrics follow within a few seconds; cases past max_open close every 15 s.
+        let mut interval = tokio::time::interval(Duration::from_secs(3));
+        let mut ticks = 0u64;
         let mut last: Vec<crate::alarms::receiver::ReceiverCounts> =
             vec![Default::default(); statuses.len()];
         loop {
@@ -481,10 +536,11 @@ fn spawn_alarms(tracker: &TaskTracker, state: &Arc<AppState>, shutdown: Cancella
                 _ = shutdown.cancelled() => return,
                 _ = interval.tick() => {}
             }
-            let mut connected = 0;
+            let (mut connected, mut silent) = (0, 0);
             for (status, previous) in statuses.iter().zip(last.iter_mut()) {
                 let snap = status.snapshot();
                 connected += i64::from(snap.connected);
+                silent += i64::from(snap.silent);
                 let counts = snap.counts;
                 for (result, now, before) in [
                     ("ack", counts.acked, previous.acked),
@@ -504,6 +560,12 @@ fn spawn_alarms(tracker: &TaskTracker, state: &Arc<AppState>, shutdown: Cancella
                 *previous = counts;
             }
             ticker.metrics.receivers_connected.set(connected);
+            ticker.metrics.receivers_silent.set(silent);
+            let expiry_due = ticks.is_multiple_of(CASE_EXPIRY_TICKS);
+            ticks += 1;
+            if !expiry_due {
+                continue;
+            }
             let worker = ticker.clone();
             let expired =
                 tokio::task::spawn_blocking(move || worker.cases().expire(worker.clock.now()))

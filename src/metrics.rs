@@ -18,7 +18,7 @@ type Labels = Vec<(&'static str, String)>;
 type HistogramFamily = Family<Labels, Histogram, fn() -> Histogram>;
 
 /// Why a call is discarded before storage (SPEC §5.1's `reason`).
-pub const DISCARD_REASONS: [&str; 2] = ["caller_objection", "call_objection"];
+pub const DISCARD_REASONS: [&str; 3] = ["caller_objection", "call_objection", "deleted"];
 
 /// Why a recording is deleted: its retention ended, its caller objected (registry or during the
 /// call), or the DPO erased it.
@@ -38,6 +38,8 @@ pub struct Metrics {
     pub audio_reads: Family<Labels, Counter>,
     pub alarm_frames: Family<Labels, Counter>,
     pub receivers_connected: Gauge,
+    pub receivers_silent: Gauge,
+    pub alarm_events_waiting: Gauge,
     pub recordings_missing: Gauge,
     pub requests: Family<Labels, Counter>,
     pub request_duration: HistogramFamily,
@@ -58,6 +60,8 @@ impl Metrics {
         let audio_reads = Family::<Labels, Counter>::default();
         let alarm_frames = Family::<Labels, Counter>::default();
         let receivers_connected = Gauge::default();
+        let receivers_silent = Gauge::default();
+        let alarm_events_waiting = Gauge::default();
         let recordings_missing = Gauge::default();
         let requests = Family::<Labels, Counter>::default();
         let request_duration = HistogramFamily::new_with_constructor(request_histogram);
@@ -98,6 +102,16 @@ impl Metrics {
             receivers_connected.clone(),
         );
         registry.register(
+            "receivers_silent",
+            "Serial receivers silent past their heartbeat_timeout",
+            receivers_silent.clone(),
+        );
+        registry.register(
+            "alarm_events_waiting",
+            "Acknowledged alarm events the catalog could not record yet (retried)",
+            alarm_events_waiting.clone(),
+        );
+        registry.register(
             "recordings_missing",
             "Catalog rows whose blob was not found at start",
             recordings_missing.clone(),
@@ -134,6 +148,8 @@ impl Metrics {
             audio_reads,
             alarm_frames,
             receivers_connected,
+            receivers_silent,
+            alarm_events_waiting,
             recordings_missing,
             requests,
             request_duration,
@@ -147,14 +163,57 @@ impl Metrics {
             .inc_by(n);
     }
 
-    /// Prometheus text exposition.
-    pub fn render(&self) -> String {
+    /// OpenMetrics text exposition (`application/openmetrics-text`).
+    pub fn render_openmetrics(&self) -> String {
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();
         }
         out
     }
+
+    /// Prometheus text exposition format 0.0.4 (`text/plain`), what SPEC §10 names and what a
+    /// scraper that does not ask for OpenMetrics parses.
+    pub fn render(&self) -> String {
+        classic_of(&self.render_openmetrics())
+    }
+}
+
+/// The Prometheus 0.0.4 text of an OpenMetrics exposition: a counter family is named with its
+/// `_total` suffix in `# HELP`/`# TYPE` (OpenMetrics names the family without it), and the
+/// OpenMetrics-only lines (`# UNIT`, `# EOF`, a counter's `_created` sample) are left out.
+fn classic_of(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let comment = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|prefix| Some((prefix, line.strip_prefix(prefix)?)));
+        if let Some((prefix, rest)) = comment {
+            let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+            match counters.contains(name) {
+                true => out.push_str(&format!("{prefix}{name}_total {tail}")),
+                false => out.push_str(line),
+            }
+        } else {
+            let name = line.split(['{', ' ']).next().unwrap_or("");
+            let created = name
+                .strip_suffix("_created")
+                .is_some_and(|family| counters.contains(family));
+            if created {
+                continue;
+            }
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    out
 }
 
 /// Serves `GET /metrics` (any path, in fact) on `listener` until `shutdown`.
@@ -178,18 +237,33 @@ pub async fn serve(
         };
         let metrics = metrics.clone();
         tokio::spawn(async move {
-            let service =
-                hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
+            let service = hyper::service::service_fn(
+                move |request: Request<hyper::body::Incoming>| {
                     let metrics = metrics.clone();
                     async move {
                         let response = match (request.method(), request.uri().path()) {
                             (&hyper::Method::GET, "/metrics") | (&hyper::Method::GET, "/") => {
-                                Response::builder()
-                                    .header(
-                                        "content-type",
+                                // OpenMetrics to a scraper that asks for it, the Prometheus
+                                // text format to anyone else.
+                                let openmetrics = request
+                                    .headers()
+                                    .get_all(hyper::header::ACCEPT)
+                                    .iter()
+                                    .filter_map(|value| value.to_str().ok())
+                                    .any(|value| value.contains("application/openmetrics-text"));
+                                let (content_type, body) = match openmetrics {
+                                    true => (
+                                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                                        metrics.render_openmetrics(),
+                                    ),
+                                    false => (
                                         "text/plain; version=0.0.4; charset=utf-8",
-                                    )
-                                    .body(Full::new(Bytes::from(metrics.render())))
+                                        metrics.render(),
+                                    ),
+                                };
+                                Response::builder()
+                                    .header("content-type", content_type)
+                                    .body(Full::new(Bytes::from(body)))
                             }
                             _ => Response::builder()
                                 .status(StatusCode::NOT_FOUND)
@@ -199,7 +273,8 @@ pub async fn serve(
                             response.unwrap_or_else(|_| Response::new(Full::new(Bytes::new()))),
                         )
                     }
-                });
+                },
+            );
             let io = hyper_util::rt::TokioIo::new(stream);
             let builder = hyper::server::conn::http1::Builder::new();
             let _ = tokio::time::timeout(
@@ -242,5 +317,41 @@ mod tests {
         for line in expected {
             assert!(text.lines().any(|l| l == line), "no `{line}` in:\n{text}");
         }
+    }
+
+    #[test]
+    fn the_prometheus_text_format_names_counters_with_their_suffix() {
+        let metrics = Metrics::new();
+        metrics.ingested.inc();
+        metrics.holds_active.set(2);
+        metrics
+            .request_duration
+            .get_or_create(&vec![("endpoint", "status".to_owned())])
+            .observe(0.003);
+        let text = metrics.render();
+        for line in [
+            "# HELP callguard_recordings_ingested_total Recordings stored.",
+            "# TYPE callguard_recordings_ingested_total counter",
+            "callguard_recordings_ingested_total 1",
+            "# TYPE callguard_holds_active gauge",
+            "callguard_holds_active 2",
+            "# TYPE callguard_http_request_duration_seconds histogram",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no `{line}` in:\n{text}");
+        }
+        assert!(!text.contains("# EOF"), "{text}");
+        assert!(!text.contains("_created"), "{text}");
+        // Every sample belongs to the family its `# TYPE` line names.
+        let mut family = "";
+        for line in text.lines() {
+            match line.strip_prefix("# TYPE ") {
+                Some(rest) => family = rest.split(' ').next().unwrap(),
+                None if line.starts_with('#') => {}
+                None => assert!(line.starts_with(family), "`{line}` outside `{family}`"),
+            }
+        }
+        let openmetrics = metrics.render_openmetrics();
+        assert!(openmetrics.contains("# TYPE callguard_recordings_ingested counter"));
+        assert!(openmetrics.ends_with("# EOF\n"));
     }
 }

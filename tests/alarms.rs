@@ -149,6 +149,59 @@ fn contacts_are_readable_only_while_an_alarm_case_is_open() {
         .await;
         let response = operator.get(&format!("/v1/alarms/{}/contacts", case["id"].as_str().unwrap())).await.unwrap();
         assert_eq!(response.json()["items"], serde_json::json!([]));
+
+        // The DC-05/DC-09 form of a Contact ID event ("1" = new event) opens cases too, and the
+        // audit names the alarm source that posted it.
+        let source = instance.client("alarm_source");
+        let mut opened = vec![case["id"].as_str().unwrap().to_owned()];
+        for account in ["C0DE", "C0DF", "C0E0"] {
+            let response = source
+                .post_json(
+                    "/v1/alarms",
+                    &serde_json::json!({"account": account, "event": "1130", "zone": "015"}),
+                )
+                .await
+                .unwrap();
+            assert_eq!(response.status, 201, "{}", String::from_utf8_lossy(&response.body));
+            opened.push(response.json()["case"].as_str().unwrap().to_owned());
+        }
+        let audit = instance.client("dpo").get("/v1/audit?action=alarm.open").await.unwrap().json();
+        let entry = audit["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["object"] == opened[1].as_str())
+            .cloned()
+            .unwrap();
+        assert_eq!((entry["actor"].as_str(), entry["role"].as_str()), (Some("alarm_source"), Some("alarm_source")), "{entry}");
+
+        // Listings page like every list: open ones oldest first, closed ones newest first.
+        let mut seen = Vec::new();
+        let mut path = "/v1/alarms?state=open&limit=2".to_owned();
+        loop {
+            let page = operator.get(&path).await.unwrap().json();
+            let items = page["items"].as_array().unwrap();
+            assert!(items.len() <= 2, "{page}");
+            for item in items {
+                assert_eq!(item["state"], "open");
+                seen.push(item["id"].as_str().unwrap().to_owned());
+            }
+            match page["next_cursor"].as_str() {
+                Some(cursor) => path = format!("/v1/alarms?state=open&limit=2&cursor={cursor}"),
+                None => break,
+            }
+        }
+        assert_eq!(seen, opened);
+        let closed = operator.get("/v1/alarms?state=closed").await.unwrap().json();
+        let closed = closed["items"].as_array().unwrap();
+        assert_eq!((closed.len(), closed[0]["id"].as_str(), closed[0]["state"].as_str()), (1, Some(case_id.as_str()), Some("closed")));
+        assert_eq!(closed[0]["outcome"], "false alarm, client reached");
+        let all = operator.get("/v1/alarms?state=all&limit=10").await.unwrap().json();
+        assert_eq!(all["items"].as_array().unwrap().len(), 5, "{all}");
+        for bad in ["state=pending", "limit=0", "cursor=zzz"] {
+            let response = operator.get(&format!("/v1/alarms?{bad}")).await.unwrap();
+            assert_eq!(response.status, 400, "{bad}");
+        }
     });
     let (code, out, err) = instance.setup.cli(&["audit", "verify"]);
     assert_eq!(code, 0, "{out}{err}");

@@ -144,6 +144,18 @@ fn malformed_paths_and_ids_are_404_never_files() {
             (response.status, response.code().as_str()),
             (405, "method_not_allowed")
         );
+        assert_eq!(response.headers["allow"], "GET, HEAD");
+        let response = client
+            .send(
+                hyper::Method::PUT,
+                "/v1/recordings",
+                &[],
+                bytes::Bytes::new(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(response.status, 405);
+        assert_eq!(response.headers["allow"], "GET, HEAD, POST");
     });
 }
 

@@ -123,6 +123,12 @@ fn retention_holds_objections_and_erasure_end_to_end() {
         let hold = response.json();
         assert_eq!(hold["recordings"], 2);
         let hold_id = hold["id"].as_str().unwrap().to_owned();
+        let holds = legal.get("/v1/holds").await.unwrap().json();
+        let mut covered: Vec<&str> = holds["items"][0]["recording_ids"].as_array().unwrap().iter().map(|id| id.as_str().unwrap()).collect();
+        covered.sort();
+        let mut expected = [held_old.as_str(), held_new.as_str()];
+        expected.sort();
+        assert_eq!(covered, expected, "{holds}");
 
         // Dry run explains, then the purge deletes exactly the unheld expired ones.
         let (code, out, err) = setup.cli(&["purge", "--dry-run"]);
@@ -227,6 +233,8 @@ fn retention_holds_objections_and_erasure_end_to_end() {
         let response = legal.post_json(&format!("/v1/holds/{hold_id}/release"), &serde_json::json!({"reason": "appeals exhausted"})).await.unwrap();
         assert_eq!(response.status, 200, "{}", String::from_utf8_lossy(&response.body));
         assert_eq!(response.json()["recordings_deleted"], 2);
+        let again = legal.post_json(&format!("/v1/holds/{hold_id}/release"), &serde_json::json!({"reason": "twice"})).await.unwrap();
+        assert_eq!((again.status, again.code().as_str()), (409, "already_released"));
         assert!(!blob_exists(setup, &held_new) && !blob_exists(setup, &later));
         assert!(blob_exists(setup, &held_old));
         let (code, out, _) = setup.cli(&["purge"]);
@@ -319,5 +327,156 @@ fn an_objection_registered_while_the_call_is_uploading_discards_it() {
             .unwrap()
             .json();
         assert_eq!(discards["items"][0]["detail"], "caller_objection", "{discards}");
+    });
+}
+
+/// A DPO erasure is final: the same call sent again (a recorder's retry) is discarded, not
+/// stored anew. Refused reads are audited under the action of the read, and a malformed query
+/// string is refused instead of widening the search.
+#[test]
+fn a_deleted_call_is_not_stored_again_and_refused_reads_are_audited() {
+    let instance = Setup::new("").start();
+    runtime().block_on(async {
+        let recorder = instance.client("recorder");
+        let supervisor = instance.client("supervisor");
+        let dpo = instance.client("dpo");
+        let call = meta(
+            "call-erased",
+            &started_ago(SignedDuration::from_hours(2)),
+            "0612345678",
+            None,
+        );
+        let id = stored(&recorder, call.clone(), &wav(1)).await;
+        let response = dpo
+            .send(
+                hyper::Method::DELETE,
+                &format!("/v1/recordings/{id}"),
+                &[("content-type", "application/json")],
+                bytes::Bytes::from(r#"{"reason": "erasure request 2026-91"}"#),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status,
+            200,
+            "{}",
+            String::from_utf8_lossy(&response.body)
+        );
+
+        // Sent again, identical or not: discarded, nothing stored, the tombstone stays.
+        for audio in [wav(1), wav(2)] {
+            let response = upload(&recorder, call.clone(), &audio).await;
+            assert_eq!(
+                (response.status, response.json()),
+                (
+                    200,
+                    serde_json::json!({"status": "discarded", "reason": "deleted"})
+                )
+            );
+        }
+        let status = dpo.get("/v1/status").await.unwrap().json();
+        assert_eq!(status["counts"]["recordings"], 0, "{status}");
+        assert_eq!(vault_files(&instance.setup.data).blobs, 0);
+        let response = supervisor
+            .get(&format!("/v1/recordings/{id}"))
+            .await
+            .unwrap();
+        assert_eq!(
+            (response.status, response.code().as_str()),
+            (410, "deleted")
+        );
+        let metrics = instance.metrics_response().await;
+        crate::support::assert_has_lines(
+            &metrics,
+            &["callguard_recordings_discarded_total{reason=\"deleted\"} 2"],
+        );
+
+        // Refused reads: no purpose, an unknown purpose, a purpose the role may not use.
+        let live = stored(
+            &recorder,
+            meta(
+                "call-live",
+                &started_ago(SignedDuration::from_hours(1)),
+                "0612345678",
+                None,
+            ),
+            &wav(3),
+        )
+        .await;
+        let audio = |query: &str| format!("/v1/recordings/{live}/audio{query}");
+        let response = supervisor.get(&audio("")).await.unwrap();
+        assert_eq!(
+            (response.status, response.code().as_str()),
+            (400, "purpose_required")
+        );
+        for purpose in ["marketing", "litigation"] {
+            let response = supervisor
+                .get(&audio(&format!("?purpose={purpose}")))
+                .await
+                .unwrap();
+            assert_eq!(
+                (response.status, response.code().as_str()),
+                (403, "purpose_not_allowed"),
+                "{purpose}"
+            );
+            let message = response.json()["error"]["message"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            assert!(message.contains("quality_review, training"), "{message}");
+        }
+        let entries = dpo
+            .get("/v1/audit?action=recording.read_audio")
+            .await
+            .unwrap()
+            .json();
+        let denied: Vec<(String, serde_json::Value)> = entries["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["outcome"] == "denied" && e["object"] == live.as_str())
+            .map(|e| {
+                (
+                    e["detail"].as_str().unwrap().to_owned(),
+                    e["purpose"].clone(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            denied,
+            [
+                ("no purpose stated".to_owned(), serde_json::Value::Null),
+                ("unknown purpose".to_owned(), serde_json::Value::Null),
+                (
+                    "purpose not allowed for this role".to_owned(),
+                    serde_json::json!("litigation")
+                ),
+            ],
+            "{entries}"
+        );
+
+        // A malformed escape in a filter is refused, never dropped; `+` unencoded is a `+`.
+        for query in ["caller=%zz", "account=%E9", "call_id=abc%", "from=%zz"] {
+            let response = dpo.get(&format!("/v1/recordings?{query}")).await.unwrap();
+            assert_eq!(response.status, 400, "{query}");
+            let message = response.json()["error"]["message"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            let name = query.split('=').next().unwrap();
+            assert!(message.contains(&format!("`{name}`")), "{message}");
+        }
+        let found = dpo
+            .get("/v1/recordings?caller=+33612345678")
+            .await
+            .unwrap()
+            .json();
+        let ids: Vec<&str> = found["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, [live.as_str()], "{found}");
     });
 }

@@ -6,7 +6,7 @@
 
 use crate::alarms::frame::EventCode;
 use crate::audit::chain::{AuditDraft, Outcome};
-use crate::catalog::alarms::{CaseChange, CaseRow, EventRow};
+use crate::catalog::alarms::{CaseChange, CaseListing, CaseRow, EventRow};
 use crate::catalog::{Catalog, CatalogError};
 use crate::ingest::ACCOUNT_DOMAIN;
 use crate::keyring::Keyring;
@@ -44,6 +44,35 @@ pub enum CaseError {
     Key(#[from] KeyError),
 }
 
+/// Where an alarm event comes from: the event's `source` (a receiver's name, or `api`) and who
+/// the audit entry of a case it opens names.
+#[derive(Debug, Clone, Copy)]
+pub struct Origin<'a> {
+    pub source: &'a str,
+    pub actor: &'a str,
+    pub role: &'a str,
+}
+
+impl<'a> Origin<'a> {
+    /// A serial receiver: the event's source and the audit actor are its configured name.
+    pub fn receiver(name: &'a str) -> Origin<'a> {
+        Origin {
+            source: name,
+            actor: name,
+            role: "",
+        }
+    }
+
+    /// `POST /v1/alarms` by the client certificate `cn` with role `role`.
+    pub fn api(cn: &'a str, role: &'a str) -> Origin<'a> {
+        Origin {
+            source: "api",
+            actor: cn,
+            role,
+        }
+    }
+}
+
 /// The case registry over the catalog.
 pub struct Cases<'a> {
     pub catalog: &'a Catalog,
@@ -58,13 +87,13 @@ impl Cases<'_> {
         now.checked_sub(span).unwrap_or(jiff::Timestamp::MIN)
     }
 
-    /// Applies one alarm event for `account` (from a receiver named `source`, or `api`).
+    /// Applies one alarm event for `account`, from `origin`.
     pub fn record(
         &self,
         account: &str,
         code: &EventCode,
         zone: Option<&str>,
-        source: &str,
+        origin: &Origin<'_>,
         at: jiff::Timestamp,
         now: jiff::Timestamp,
     ) -> Result<CaseChange, CaseError> {
@@ -73,7 +102,7 @@ impl Cases<'_> {
             at,
             code: code.to_string(),
             zone: zone.map(str::to_owned),
-            source: source.to_owned(),
+            source: origin.source.to_owned(),
         };
         let keyring = self.keyring;
         let new_case = || -> Result<(String, Vec<u8>, Vec<u8>), CatalogError> {
@@ -87,8 +116,14 @@ impl Cases<'_> {
             Ok((id, sealed, wrapped))
         };
         let audit_open = |id: &str| {
-            AuditDraft::new(source, "", "alarm.open", id, Outcome::Allowed)
-                .detail(format!("event {code}"))
+            AuditDraft::new(
+                origin.actor,
+                origin.role,
+                "alarm.open",
+                id,
+                Outcome::Allowed,
+            )
+            .detail(format!("event {code}"))
         };
         let audit_expire =
             |id: &str| AuditDraft::system("alarm.close", id).detail("max_open reached");
@@ -108,13 +143,33 @@ impl Cases<'_> {
     /// Checks that case `id` is open now; the token unlocks its account's contacts.
     pub fn open_case(&self, id: &str, now: jiff::Timestamp) -> Result<OpenAlarmCase, CaseError> {
         let case = self.catalog.case(id)?.ok_or(CaseError::NotFound)?;
-        match case.closed_at.is_none() && case.opened_at > self.stale_before(now) {
+        match self.is_open(&case, now) {
             true => Ok(OpenAlarmCase {
                 id: case.id,
                 account_hmac: case.account_hmac,
             }),
             false => Err(CaseError::Closed),
         }
+    }
+
+    /// Whether `case` is open now: not closed, and opened within `alarms.max_open` (a case
+    /// past it is closed even before the expiry worker records it).
+    pub fn is_open(&self, case: &CaseRow, now: jiff::Timestamp) -> bool {
+        case.closed_at.is_none() && case.opened_at > self.stale_before(now)
+    }
+
+    /// One page of cases (see `Catalog::cases_page`), with cases past `max_open` counted as
+    /// closed.
+    pub fn page(
+        &self,
+        which: CaseListing,
+        after: Option<&str>,
+        limit: usize,
+        now: jiff::Timestamp,
+    ) -> Result<Vec<(CaseRow, Vec<EventRow>)>, CaseError> {
+        Ok(self
+            .catalog
+            .cases_page(which, self.stale_before(now), after, limit)?)
     }
 
     /// Closes every case past `max_open`; returns how many.
@@ -162,31 +217,71 @@ mod tests {
 
         assert_eq!(
             cases
-                .record("1234", &code("E602"), None, "r1", at(0), at(0))
+                .record(
+                    "1234",
+                    &code("E602"),
+                    None,
+                    &Origin::receiver("r1"),
+                    at(0),
+                    at(0)
+                )
                 .unwrap(),
             CaseChange::Ignored
         );
         let CaseChange::Opened(id) = cases
-            .record("1234", &code("E130"), Some("015"), "r1", at(1), at(1))
+            .record(
+                "1234",
+                &code("E130"),
+                Some("015"),
+                &Origin::receiver("r1"),
+                at(1),
+                at(1),
+            )
             .unwrap()
         else {
             panic!()
         };
         assert_eq!(
             cases
-                .record("1234", &code("R130"), Some("015"), "r1", at(2), at(2))
+                .record(
+                    "1234",
+                    &code("R130"),
+                    Some("015"),
+                    &Origin::receiver("r1"),
+                    at(2),
+                    at(2)
+                )
                 .unwrap(),
             CaseChange::Joined(id.clone())
         );
         assert_eq!(
             cases
-                .record("1234", &code("BA"), Some("01"), "api", at(3), at(3))
+                .record(
+                    "1234",
+                    &code("BA"),
+                    Some("01"),
+                    &Origin::api("source-1", "alarm_source"),
+                    at(3),
+                    at(3)
+                )
                 .unwrap(),
             CaseChange::Joined(id.clone())
         );
         let open = cases.open_case(&id, at(4)).unwrap();
         assert_eq!(open.id(), id);
-        let (case, events) = catalog.open_cases().unwrap().remove(0);
+        let (case, events) = cases
+            .page(CaseListing::Open, None, 10, at(4))
+            .unwrap()
+            .remove(0);
+        assert!(
+            cases
+                .page(CaseListing::Closed, None, 10, at(4))
+                .unwrap()
+                .is_empty()
+        );
+        let audit = catalog.audit_batch(0, 100).unwrap();
+        let opened = audit.iter().find(|e| e.action == "alarm.open").unwrap();
+        assert_eq!((opened.actor.as_str(), opened.role.as_str()), ("r1", ""));
         assert_eq!(cases.account_of(&case).unwrap(), "1234");
         assert_eq!(
             events.iter().map(|e| e.code.as_str()).collect::<Vec<_>>(),
@@ -200,7 +295,14 @@ mod tests {
         ));
         assert_eq!(cases.expire(at(1 + 24 * 60)).unwrap(), 1);
         let CaseChange::Opened(second) = cases
-            .record("1234", &code("E110"), None, "r1", at(2000), at(2000))
+            .record(
+                "1234",
+                &code("E110"),
+                None,
+                &Origin::receiver("r1"),
+                at(2000),
+                at(2000),
+            )
             .unwrap()
         else {
             panic!()

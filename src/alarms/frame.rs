@@ -122,7 +122,7 @@ pub struct SiaCode([u8; 2]);
 pub enum FrameError {
     /// `EventCode::parse_api` got something that is neither form.
     #[error(
-        "event code {code:?}: expected a contact id qualifier and code (\"E130\") or a sia code (\"BA\")"
+        "event code {code:?}: expected a contact id qualifier and code (\"E130\", or \"1130\" as in DC-09) or a sia code (\"BA\")"
     )]
     ApiEventCode { code: String },
     /// A DC4 with nothing before it.
@@ -281,12 +281,20 @@ impl AlarmEvent {
 }
 
 impl EventCode {
-    /// Reads the HTTP API form: a Contact ID qualifier and code exactly as on the serial wire
-    /// (`"E130"`, `"R130"`, `"P130"`), or a SIA code (`"BA"`). Upper case only.
+    /// Reads the HTTP API form: a Contact ID qualifier and code as on the serial wire
+    /// (`"E130"`, `"R130"`, `"P130"`) or as in DC-05/DC-09 (`"1130"`, `"3130"`, `"6130"`: new
+    /// event, restore, previous), or a SIA code (`"BA"`). Upper case only. It displays back in
+    /// the serial form.
     pub fn parse_api(code: &str) -> Result<EventCode, FrameError> {
         match *code.as_bytes() {
             [qualifier, x, y, z] => {
-                let qualifier = match qualifier_from_byte(qualifier) {
+                let numeric = match qualifier {
+                    b'1' => Some(Qualifier::New),
+                    b'3' => Some(Qualifier::Restore),
+                    b'6' => Some(Qualifier::Previous),
+                    _ => None,
+                };
+                let qualifier = match numeric.or_else(|| qualifier_from_byte(qualifier)) {
                     Some(qualifier) => qualifier,
                     None => return Err(api_code_error(code)),
                 };
@@ -1228,6 +1236,12 @@ mod tests {
             ("R130", Some((false, true))),
             ("P130", Some((false, false))),
             ("E401", Some((false, false))),
+            ("1130", Some((true, false))),
+            ("3130", Some((false, true))),
+            ("6130", Some((false, false))),
+            ("1401", Some((false, false))),
+            ("2130", None),
+            ("0130", None),
             ("BA", Some((true, false))),
             ("BR", Some((false, true))),
             ("RP", Some((false, false))),
@@ -1245,7 +1259,13 @@ mod tests {
                 .map(|code| (code.opens_case(), code.is_restore()));
             assert_eq!(actual, expected, "{input:?}");
             if let Ok(code) = EventCode::parse_api(input) {
-                assert_eq!(code.to_string(), input);
+                let serial = match input.as_bytes()[0] {
+                    b'1' => input.replacen('1', "E", 1),
+                    b'3' => input.replacen('3', "R", 1),
+                    b'6' => input.replacen('6', "P", 1),
+                    _ => input.to_owned(),
+                };
+                assert_eq!(code.to_string(), serial);
                 assert!(code.joins_case());
             }
         }

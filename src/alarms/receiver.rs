@@ -18,7 +18,8 @@
 //!   dropped, and counted;
 //! - writing the answers may take at most [`WRITE_TIMEOUT`]; after that the port is reopened;
 //! - duplicate suppression remembers the last [`RECENT_FRAMES_MAX`] event frames;
-//! - re-opening backs off from [`BACKOFF_MIN`] to [`BACKOFF_MAX`].
+//! - re-opening backs off from [`BACKOFF_MIN`] to [`BACKOFF_MAX`], and starts again from the
+//!   minimum after a frame or after a connection that held [`STABLE_CONNECTION`].
 
 use std::collections::VecDeque;
 use std::io;
@@ -47,6 +48,11 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 pub const BACKOFF_MIN: Duration = Duration::from_millis(200);
 /// Longest wait between two attempts to open the device.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// A connection that lasted this long was a working one: once it is lost (a cable pulled, a
+/// USB adapter replugged), reopening starts again from [`BACKOFF_MIN`]. A device that opens
+/// and fails at once keeps backing off.
+pub const STABLE_CONNECTION: Duration = Duration::from_secs(10);
 
 /// How to reach one receiver and how to talk to it. `config` builds it; [`Self::validate`]
 /// checks the ranges.
@@ -191,7 +197,7 @@ pub enum ReceiverError {
 /// Runs one receiver until `shutdown`: opens `settings.device`, answers and decodes frames,
 /// hands events to `events_tx`, keeps `status` current. A missing, failing or unplugged device
 /// is reopened with exponential back-off ([`BACKOFF_MIN`] to [`BACKOFF_MAX`], reset once a
-/// frame is read); nothing but `shutdown` ends the task. Waits use `tokio::time`, timestamps
+/// frame is read or a connection held [`STABLE_CONNECTION`]); nothing but `shutdown` ends the task. Waits use `tokio::time`, timestamps
 /// come from `clock`.
 pub async fn run(
     settings: ReceiverSettings,
@@ -338,6 +344,7 @@ async fn run_with<P, O>(
         last_heard: Instant::now(),
         silent: false,
         backoff: BACKOFF_MIN,
+        connected_at: None,
         outage_logged: false,
         settings,
         status,
@@ -371,8 +378,8 @@ async fn run_with<P, O>(
                 };
                 if let Some(error) = ended {
                     port = None;
-                    retry_at = Instant::now() + task.next_backoff();
                     task.on_lost(&error);
+                    retry_at = Instant::now() + task.next_backoff();
                 }
             }
             () = sleep_until(retry_at), if port.is_none() => {
@@ -424,6 +431,8 @@ struct Task {
     silent: bool,
     /// Wait before the next attempt to open the device.
     backoff: Duration,
+    /// When the current connection was opened.
+    connected_at: Option<Instant>,
     /// The current outage was logged at warn; repeats go to debug.
     outage_logged: bool,
 }
@@ -593,6 +602,7 @@ impl Task {
     }
 
     fn on_connected(&mut self) {
+        self.connected_at = Some(Instant::now());
         self.outage_logged = false;
         self.deframer = Deframer::new(self.settings.line_digits);
         info!(receiver = %self.settings.name, device = %self.settings.device.display(), "receiver connected");
@@ -600,6 +610,13 @@ impl Task {
     }
 
     fn on_lost(&mut self, error: &ReceiverError) {
+        if self
+            .connected_at
+            .take()
+            .is_some_and(|at| at.elapsed() >= STABLE_CONNECTION)
+        {
+            self.backoff = BACKOFF_MIN;
+        }
         self.outage_logged = true;
         warn!(receiver = %self.settings.name, error = %error_chain(error), "receiver disconnected, reopening");
         self.status.update(|snapshot| snapshot.connected = false);

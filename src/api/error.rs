@@ -12,8 +12,13 @@ use crate::catalog::recordings::Tombstone;
 #[derive(Debug)]
 pub enum ApiError {
     BadRequest(String),
-    Conflict { code: &'static str, message: String },
+    Conflict {
+        code: &'static str,
+        message: String,
+    },
     Deleted(Tombstone),
+    /// An objection or erasure waits for a hold: only the roles the hold serves may read.
+    DeletionPending,
     Expired,
     Forbidden(String),
     HeadersTooLarge,
@@ -21,7 +26,8 @@ pub enum ApiError {
     InsufficientStorage,
     Internal(String),
     InvalidMetadata(String),
-    MethodNotAllowed,
+    /// With the methods the path takes (the `Allow` header).
+    MethodNotAllowed(Vec<&'static str>),
     NoOpenAlarm,
     NotFound,
     NotImplemented(&'static str),
@@ -42,6 +48,7 @@ impl ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::Deleted(_) => StatusCode::GONE,
+            ApiError::DeletionPending => StatusCode::GONE,
             ApiError::Expired => StatusCode::GONE,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -49,7 +56,7 @@ impl ApiError {
             ApiError::InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::InvalidMetadata(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::NoOpenAlarm => StatusCode::FORBIDDEN,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
@@ -70,6 +77,7 @@ impl ApiError {
             ApiError::BadRequest(_) => "bad_request",
             ApiError::Conflict { code, .. } => code,
             ApiError::Deleted(_) => "deleted",
+            ApiError::DeletionPending => "deletion_pending",
             ApiError::Expired => "expired",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::HeadersTooLarge => "headers_too_large",
@@ -77,7 +85,7 @@ impl ApiError {
             ApiError::InsufficientStorage => "insufficient_storage",
             ApiError::Internal(_) => "internal",
             ApiError::InvalidMetadata(_) => "invalid_metadata",
-            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::NoOpenAlarm => "no_open_alarm",
             ApiError::NotFound => "not_found",
             ApiError::NotImplemented(_) => "not_implemented",
@@ -100,6 +108,11 @@ impl ApiError {
             ApiError::Deleted(tomb) => {
                 format!("recording {} was deleted ({})", tomb.id, tomb.reason)
             }
+            ApiError::DeletionPending => {
+                "the recording is to be deleted (objection or erasure) and \
+                is kept only for a litigation hold: only legal and the DPO may read it"
+                    .into()
+            }
             ApiError::Expired => "the recording's retention period has ended".into(),
             ApiError::Forbidden(why) => why.clone(),
             ApiError::HeadersTooLarge => "the request head is larger than 64 KiB".into(),
@@ -109,8 +122,14 @@ impl ApiError {
             }
             ApiError::Internal(_) => "internal error; the server log has the details".into(),
             ApiError::InvalidMetadata(why) => format!("invalid metadata: {why}"),
-            ApiError::MethodNotAllowed => "this path does not accept this method".into(),
-            ApiError::NoOpenAlarm => "no alarm case is open for this account".into(),
+            ApiError::MethodNotAllowed(allowed) => {
+                format!("this path accepts only {}", allowed.join(", "))
+            }
+            ApiError::NoOpenAlarm => {
+                "this alarm case is not open (closed, or past alarms.max_open): trusted contacts \
+                 are readable only through an open case"
+                    .into()
+            }
             ApiError::NotFound => "no such resource".into(),
             ApiError::NotImplemented(what) => format!("{what} is not available in this version"),
             ApiError::PayloadTooLarge(limit) => {

@@ -134,17 +134,22 @@ pub async fn read_body(
     Ok(Bytes::from(out))
 }
 
-/// Parses `a=1&b=x%20y` (with `+` as space). Repeated keys keep the last value.
-pub fn parse_query(query: Option<&str>) -> HashMap<String, String> {
+/// Parses `a=1&b=x%20y` (with `+` as space). Repeated keys keep the last value. A malformed
+/// escape is an error naming the parameter: dropping it would widen a search to everything.
+pub fn parse_query(query: Option<&str>) -> Result<HashMap<String, String>, String> {
     let mut out = HashMap::new();
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
         let decode = |text: &str| routes::percent_decode(&text.replace('+', " "));
-        if let (Some(key), Some(value)) = (decode(key), decode(value)) {
-            out.insert(key, value);
-        }
+        let key = decode(key).ok_or_else(|| {
+            "a query parameter name is not valid percent-encoded UTF-8".to_owned()
+        })?;
+        let value = decode(value).ok_or_else(|| {
+            format!("the value of query parameter `{key}` is not valid percent-encoded UTF-8")
+        })?;
+        out.insert(key, value);
     }
-    out
+    Ok(out)
 }
 
 /// A JSON response.
@@ -166,7 +171,20 @@ pub fn bytes_response(status: StatusCode, content_type: &str, body: Bytes) -> Re
 
 /// The SPEC §6 error response.
 pub fn error_response(error: &ApiError) -> Response<Body> {
-    bytes_response(error.status(), "application/json", error.body())
+    let mut response = bytes_response(error.status(), "application/json", error.body());
+    let extra = match error {
+        ApiError::MethodNotAllowed(allowed) => Some((hyper::header::ALLOW, allowed.join(", "))),
+        ApiError::RangeNotSatisfiable(len) => {
+            Some((hyper::header::CONTENT_RANGE, format!("bytes */{len}")))
+        }
+        _ => None,
+    };
+    if let Some((name, value)) = extra
+        && let Ok(value) = hyper::header::HeaderValue::from_str(&value)
+    {
+        response.headers_mut().insert(name, value);
+    }
+    response
 }
 
 /// A page of items: `{"items": [...], "next_cursor": ...}`.

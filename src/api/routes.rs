@@ -88,17 +88,18 @@ impl Endpoint {
         }
     }
 
-    /// A stable name for metrics and audit (`recording.audio`, …).
+    /// A stable name for metrics and audit (`recording.read_audio`, …): the action of the audit
+    /// entry the endpoint writes when it is allowed, so a refusal files under the same action.
     pub fn name(&self) -> &'static str {
         match self {
             Endpoint::AlarmClose { .. } => "alarm.close",
-            Endpoint::AlarmContacts { .. } => "alarm.contacts",
+            Endpoint::AlarmContacts { .. } => "contacts.read",
             Endpoint::AlarmList => "alarm.list",
-            Endpoint::AlarmPost => "alarm.post",
+            Endpoint::AlarmPost => "alarm.open",
             Endpoint::AuditList => "audit.list",
-            Endpoint::CallObjection { .. } => "call.objection",
+            Endpoint::CallObjection { .. } => "objection.call",
             Endpoint::ContactsDelete { .. } => "contacts.delete",
-            Endpoint::ContactsPut { .. } => "contacts.put",
+            Endpoint::ContactsPut { .. } => "contacts.replace",
             Endpoint::HoldExport { .. } => "hold.export",
             Endpoint::HoldGet { .. } => "hold.get",
             Endpoint::HoldList => "hold.list",
@@ -108,11 +109,11 @@ impl Endpoint {
             Endpoint::ObjectionList => "objection.list",
             Endpoint::ObjectionWithdraw { .. } => "objection.withdraw",
             Endpoint::QuarantineList => "quarantine.list",
-            Endpoint::RecordingAudio { .. } => "recording.audio",
+            Endpoint::RecordingAudio { .. } => "recording.read_audio",
             Endpoint::RecordingDelete { .. } => "recording.delete",
             Endpoint::RecordingGet { .. } => "recording.get",
             Endpoint::RecordingList => "recording.list",
-            Endpoint::RecordingUpload => "recording.upload",
+            Endpoint::RecordingUpload => "recording.ingest",
             Endpoint::Status => "status",
             Endpoint::SubjectExport => "subject.export",
             Endpoint::SubjectRecordings => "subject.recordings",
@@ -149,6 +150,20 @@ impl Endpoint {
             | Endpoint::SubjectExport
             | Endpoint::SubjectRecordings => String::new(),
         }
+    }
+
+    /// The methods `path` takes, for the `Allow` header of a `405`.
+    pub fn methods_of(path: &str) -> Vec<&'static str> {
+        [
+            (Method::GET, "GET, HEAD"),
+            (Method::POST, "POST"),
+            (Method::PUT, "PUT"),
+            (Method::DELETE, "DELETE"),
+        ]
+        .into_iter()
+        .filter(|(method, _)| Endpoint::parse(method, path).is_ok())
+        .map(|(_, names)| names)
+        .collect()
     }
 
     /// Parses method and path (without query).

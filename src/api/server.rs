@@ -146,7 +146,13 @@ async fn handle(
             return finish(&state, "unknown", started, Err(ApiError::NotFound));
         }
         Err(RouteError::MethodNotAllowed) => {
-            return finish(&state, "unknown", started, Err(ApiError::MethodNotAllowed));
+            let allowed = Endpoint::methods_of(parts.uri.path());
+            return finish(
+                &state,
+                "unknown",
+                started,
+                Err(ApiError::MethodNotAllowed(allowed)),
+            );
         }
     };
     let name = endpoint.name();
@@ -176,10 +182,14 @@ async fn handle(
         ));
         return finish(&state, name, started, Err(refusal));
     }
+    let query = match parse_query(parts.uri.query()) {
+        Ok(query) => query,
+        Err(why) => return finish(&state, name, started, Err(ApiError::BadRequest(why))),
+    };
     let request = Request {
         endpoint,
         caller: Caller { cn, role },
-        query: parse_query(parts.uri.query()),
+        query,
         headers: parts.headers,
         body,
     };

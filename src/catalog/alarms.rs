@@ -24,6 +24,14 @@ pub struct CaseRow {
     pub outcome: Option<String>,
 }
 
+/// Which cases a listing shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CaseListing {
+    Open,
+    Closed,
+    All,
+}
+
 /// One event of a case.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventRow {
@@ -225,16 +233,38 @@ impl Catalog {
         })
     }
 
-    /// Open cases, oldest first.
-    pub fn open_cases(&self) -> Result<Vec<(CaseRow, Vec<EventRow>)>, CatalogError> {
+    /// One page of cases with their events, after the case id `after`: open ones oldest
+    /// first (the order they are handled in), closed ones and all of them newest first. A case
+    /// opened at or before `stale_before` counts as closed (past `alarms.max_open`) even before
+    /// the expiry worker records it.
+    pub fn cases_page(
+        &self,
+        which: CaseListing,
+        stale_before: jiff::Timestamp,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(CaseRow, Vec<EventRow>)>, CatalogError> {
+        let (condition, order) = match which {
+            CaseListing::Open => (
+                "closed_at IS NULL AND opened_at > ?1 AND (?2 IS NULL OR id > ?2)",
+                "ASC",
+            ),
+            CaseListing::Closed => (
+                "(closed_at IS NOT NULL OR opened_at <= ?1) AND (?2 IS NULL OR id < ?2)",
+                "DESC",
+            ),
+            CaseListing::All => ("?1 = ?1 AND (?2 IS NULL OR id < ?2)", "DESC"),
+        };
         self.read(|conn| {
             let mut stmt = conn
-                .prepare(&format!("SELECT {CASE_COLUMNS} FROM alarm_cases WHERE closed_at IS NULL ORDER BY opened_at, id"))
-                .map_err(sql("open cases"))?;
-            let rows = stmt.query_map([], case_from_row).map_err(sql("open cases"))?;
+                .prepare(&format!("SELECT {CASE_COLUMNS} FROM alarm_cases WHERE {condition} ORDER BY id {order} LIMIT ?3"))
+                .map_err(sql("alarm cases"))?;
+            let rows = stmt
+                .query_map(params![secs(stale_before), after, limit as i64], case_from_row)
+                .map_err(sql("alarm cases"))?;
             let mut cases = Vec::new();
             for row in rows {
-                cases.push(row.map_err(sql("open cases"))??);
+                cases.push(row.map_err(sql("alarm cases"))??);
             }
             let mut out = Vec::new();
             let mut events = conn

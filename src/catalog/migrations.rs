@@ -151,6 +151,10 @@ const MIGRATIONS: &[&str] = &[
          n_contacts INTEGER NOT NULL,
          updated_at INTEGER NOT NULL
      ) STRICT;",
+    // 4: a deleted recording's call id digest stays with its tombstone, so that the same call
+    // sent again (a recorder's retry, a spool file dropped again) is not stored anew.
+    "ALTER TABLE tombstones ADD COLUMN call_id_hmac BLOB;
+     CREATE INDEX tombstones_by_call ON tombstones (call_id_hmac) WHERE call_id_hmac IS NOT NULL;",
 ];
 
 /// The schema version this build writes.

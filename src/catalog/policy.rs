@@ -342,6 +342,25 @@ impl Catalog {
         })
     }
 
+    /// Whether objection `id` exists and when it was withdrawn: `None` for an unknown id,
+    /// `Some(None)` for an active one.
+    pub fn objection_withdrawn_at(
+        &self,
+        id: &str,
+    ) -> Result<Option<Option<jiff::Timestamp>>, CatalogError> {
+        self.read(|conn| {
+            let found: Option<Option<i64>> = conn
+                .query_row(
+                    "SELECT withdrawn_at FROM objections WHERE id = ?1",
+                    [id],
+                    |row| row.get(0),
+                )
+                .optional()
+                .map_err(sql("objection lookup"))?;
+            found.map(|at| at.map(from_secs).transpose()).transpose()
+        })
+    }
+
     /// Withdraws an active objection; deferred deletions it caused are cancelled unless another
     /// active objection covers the same caller. Returns false if there was no active one.
     pub fn objection_withdraw(

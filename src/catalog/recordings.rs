@@ -85,9 +85,10 @@ pub enum Inserted {
     /// A recording with the same call id exists already.
     Duplicate(Box<RecordingRow>),
     New(AuditReceipt),
-    /// Nothing inserted: an objection for the caller (or the call) was registered after the
-    /// ingest-time check; the reason is `caller_objection` or `call_objection`.
-    Objected(&'static str),
+    /// Nothing inserted, for a reason that arose after the ingest-time check: an objection for
+    /// the caller (or the call) registered since (`caller_objection`, `call_objection`), or the
+    /// call's earlier recording deleted since (`deleted`).
+    Discarded(&'static str),
 }
 
 /// Search filters; digests are HMACs of normalised values.
@@ -245,24 +246,45 @@ fn by_call(
     }
 }
 
-/// Deletes the row (and with it the wrapped key) and writes the tombstone, in `tx`.
+/// The tombstone of a deleted recording of this call, if any.
+pub(crate) fn deleted_call_in(
+    conn: &rusqlite::Connection,
+    call_id_hmac: &[u8; 32],
+) -> Result<Option<BlobId>, CatalogError> {
+    let id: Option<String> = conn
+        .prepare_cached("SELECT id FROM tombstones WHERE call_id_hmac = ?1 LIMIT 1")
+        .and_then(|mut stmt| {
+            stmt.query_row([call_id_hmac.as_slice()], |row| row.get(0))
+                .optional()
+        })
+        .map_err(sql("tombstone by call id"))?;
+    Ok(id.as_deref().and_then(BlobId::parse))
+}
+
+/// Deletes the row (and with it the wrapped key) and writes the tombstone, in `tx`. The
+/// tombstone keeps the call id's digest (no personal data: a keyed hash of the recorder's call
+/// identifier), so the same call is not stored again.
 pub(crate) fn shred_in(
     tx: &Transaction<'_>,
     id: &BlobId,
     reason: &str,
     now: jiff::Timestamp,
 ) -> Result<bool, CatalogError> {
-    let n = tx
-        .prepare_cached("DELETE FROM recordings WHERE id = ?1")
-        .and_then(|mut stmt| stmt.execute([id.to_string()]))
+    let call_id_hmac: Option<Vec<u8>> = tx
+        .prepare_cached("DELETE FROM recordings WHERE id = ?1 RETURNING call_id_hmac")
+        .and_then(|mut stmt| {
+            stmt.query_row([id.to_string()], |row| row.get(0))
+                .optional()
+        })
         .map_err(sql("recording delete"))?;
-    if n == 0 {
+    let Some(call_id_hmac) = call_id_hmac else {
         return Ok(false);
-    }
+    };
     tx.prepare_cached(
-        "INSERT OR REPLACE INTO tombstones (id, deleted_at, reason) VALUES (?1, ?2, ?3)",
+        "INSERT OR REPLACE INTO tombstones (id, deleted_at, reason, call_id_hmac) \
+         VALUES (?1, ?2, ?3, ?4)",
     )
-    .and_then(|mut stmt| stmt.execute(params![id.to_string(), secs(now), reason]))
+    .and_then(|mut stmt| stmt.execute(params![id.to_string(), secs(now), reason, call_id_hmac]))
     .map_err(sql("tombstone"))?;
     Ok(true)
 }
@@ -290,7 +312,10 @@ impl Catalog {
                 now,
             )?;
             if let Some(reason) = objection {
-                return Ok(Inserted::Objected(reason));
+                return Ok(Inserted::Discarded(reason));
+            }
+            if deleted_call_in(tx, &row.call_id_hmac)?.is_some() {
+                return Ok(Inserted::Discarded("deleted"));
             }
             tx.prepare_cached(&format!(
                 "INSERT INTO recordings ({COLUMNS}) VALUES \
@@ -365,6 +390,11 @@ impl Catalog {
                 None => Ok(Lookup::NotFound),
             }
         })
+    }
+
+    /// The tombstone id of a deleted recording of this call, if any.
+    pub fn deleted_call(&self, call_id_hmac: &[u8; 32]) -> Result<Option<BlobId>, CatalogError> {
+        self.read(|conn| deleted_call_in(conn, call_id_hmac))
     }
 
     /// The recording with this call id digest, if any.
@@ -557,7 +587,7 @@ pub(crate) mod tests {
             .unwrap();
         assert!(matches!(
             catalog.insert_recording(&late, draft(), at(5)).unwrap(),
-            Inserted::Objected("call_objection")
+            Inserted::Discarded("call_objection")
         ));
         assert_eq!(catalog.recording(&late.id).unwrap(), Lookup::NotFound);
     }
@@ -573,7 +603,7 @@ pub(crate) mod tests {
         let again = row(1, 200);
         match catalog.insert_recording(&again, draft(), at(6)).unwrap() {
             Inserted::Duplicate(existing) => assert_eq!(existing.id, first.id),
-            Inserted::New(_) | Inserted::Objected(_) => panic!("duplicate call id accepted"),
+            Inserted::New(_) | Inserted::Discarded(_) => panic!("duplicate call id accepted"),
         }
         assert_eq!(
             catalog.recording(&first.id).unwrap(),

@@ -36,6 +36,9 @@ pub const CALLEE_DOMAIN: &str = "callee";
 pub const ACCOUNT_DOMAIN: &str = "account";
 pub const OPERATOR_DOMAIN: &str = "operator";
 
+/// How far ahead of the server's clock a call may say it started.
+pub const FUTURE_TOLERANCE: jiff::SignedDuration = jiff::SignedDuration::from_hours(24);
+
 /// Why a recording was not stored. Nothing of it remains on disk in any case.
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
@@ -50,7 +53,7 @@ pub enum IngestError {
     #[error("call id already stored with different audio (recording {existing})")]
     DuplicateCallId { existing: BlobId },
     /// An objection registered while the audio was arriving: discarded (and audited) after
-    /// all; the reason is `caller_objection` or `call_objection`.
+    /// all; the reason is `caller_objection`, `call_objection` or `deleted`.
     #[error("discarded: {0}")]
     Discarded(&'static str),
     #[error("cannot read the recording from its source: {0}")]
@@ -80,7 +83,8 @@ impl From<VaultError> for IngestError {
 pub enum Admission {
     /// Stream the audio into `Pipeline::ingest` with this ticket.
     Admit(Admitted),
-    /// Do not persist anything; the reason is `caller_objection` or `call_objection`.
+    /// Do not persist anything; the reason is `caller_objection`, `call_objection`, or
+    /// `deleted` (this call's recording was deleted: a retry does not bring it back).
     Discard(&'static str),
 }
 
@@ -177,6 +181,17 @@ impl Pipeline {
 
     /// The synchronous half of `admit`: objection check, idempotency lookup, writer.
     fn gate(&self, meta: CallMetadata, now: jiff::Timestamp) -> Result<Gate, IngestError> {
+        // A start far ahead of the clock would keep the recording past its six months (its
+        // `retain_until` counts from it): a recorder's clock or time-zone error, refused.
+        if meta.started_at > now.saturating_add(FUTURE_TOLERANCE).unwrap_or(now) {
+            return Err(IngestError::InvalidMetadata(format!(
+                "`started_at` {} is more than {} hours ahead of this server's clock ({}); \
+                 check the recorder's clock",
+                meta.started_at,
+                FUTURE_TOLERANCE.as_hours(),
+                now.round(jiff::Unit::Second).unwrap_or(now),
+            )));
+        }
         let registry = Objections {
             catalog: &self.catalog,
             vault: &self.vault,
@@ -192,6 +207,11 @@ impl Pipeline {
             return Ok(Gate::Discard(reason));
         }
         let call_hmac = self.keyring.digest(CALL_ID_DOMAIN, &meta.call_id);
+        // A call whose recording was deleted (retention, erasure, objection) is not stored
+        // again when it is sent again: a retry must not undo a deletion.
+        if self.catalog.deleted_call(&call_hmac)?.is_some() {
+            return Ok(Gate::Discard("deleted"));
+        }
         let next = match self.catalog.recording_by_call(&call_hmac)? {
             Some(existing) => Next::Repeat(Box::new(existing)),
             None => {
@@ -360,8 +380,9 @@ impl Pipeline {
                     repeated: false,
                 })
             }
-            Inserted::Objected(reason) => {
-                // Objected to while the audio arrived (guarantee 5): nothing is kept.
+            Inserted::Discarded(reason) => {
+                // Objected to (guarantee 5), or the call deleted, while the audio arrived:
+                // nothing is kept.
                 self.vault.remove(&id)?;
                 self.discarded(reason, sender, now).await?;
                 Err(IngestError::Discarded(reason))

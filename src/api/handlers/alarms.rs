@@ -6,13 +6,14 @@ use std::sync::Arc;
 
 use hyper::{Response, StatusCode};
 
-use crate::alarms::cases::CaseError;
+use crate::alarms::cases::{CaseError, Origin};
 use crate::alarms::frame::EventCode;
 use crate::api::error::ApiError;
-use crate::api::{AppState, Body, Caller, Request, json, page, text_field};
+use crate::api::{AppState, Body, Caller, Request, json, limit_param, page, paged, text_field};
 use crate::audit::chain::{AuditDraft, Outcome, format_time};
-use crate::catalog::alarms::CaseChange;
+use crate::catalog::alarms::{CaseChange, CaseListing, CaseRow, EventRow};
 use crate::contacts::{self, ContactError};
+use crate::vault::BlobId;
 
 fn case_error(error: CaseError) -> ApiError {
     match error {
@@ -49,6 +50,7 @@ pub(super) async fn post(
     state: &Arc<AppState>,
     request: Request,
 ) -> Result<Response<Body>, ApiError> {
+    let caller = request.caller.clone();
     let body = request
         .json(64 * 1024, state.config.server.idle_timeout)
         .await?;
@@ -77,7 +79,14 @@ pub(super) async fn post(
     let change = blocking(state, move |state| {
         state
             .cases()
-            .record(&account, &code, zone.as_deref(), "api", received_at, now)
+            .record(
+                &account,
+                &code,
+                zone.as_deref(),
+                &Origin::api(&caller.cn, caller.role.as_str()),
+                received_at,
+                now,
+            )
             .map_err(case_error)
     })
     .await?;
@@ -97,38 +106,56 @@ pub(super) async fn list(
     state: &Arc<AppState>,
     request: Request,
 ) -> Result<Response<Body>, ApiError> {
-    match request.param("state") {
-        None | Some("open") => {}
+    let which = match request.param("state") {
+        None | Some("open") => CaseListing::Open,
+        Some("closed") => CaseListing::Closed,
+        Some("all") => CaseListing::All,
         Some(other) => {
             return Err(ApiError::BadRequest(format!(
-                "`state` `{other}` is not supported (only `open`)"
+                "`state` `{other}` is not one of open, closed, all"
             )));
         }
+    };
+    let limit = limit_param(&request)?;
+    let after = request.param("cursor").map(str::to_owned);
+    if let Some(cursor) = &after
+        && cursor
+            .strip_prefix("case_")
+            .and_then(BlobId::parse)
+            .is_none()
+    {
+        return Err(ApiError::BadRequest("invalid cursor".into()));
     }
-    let items = blocking(state, |state| {
+    let now = state.clock.now();
+    let rows = blocking(state, move |state| {
         let registry = state.cases();
-        let mut items = Vec::new();
-        let now = state.clock.now();
-        for (case, events) in state.catalog.open_cases()? {
-            // A case past max_open is closed (the expiry worker will record it): not listed.
-            if registry.open_case(&case.id, now).is_err() {
-                continue;
-            }
-            items.push(serde_json::json!({
-                "id": case.id,
-                "account": registry.account_of(&case).map_err(case_error)?,
-                "state": "open",
-                "opened_at": format_time(case.opened_at),
-                "last_event_at": format_time(case.last_event_at),
-                "events": events.iter().map(|e| serde_json::json!({
-                    "at": format_time(e.at), "event": e.code, "zone": e.zone, "source": e.source,
-                })).collect::<Vec<_>>(),
-            }));
+        let rows = registry
+            .page(which, after.as_deref(), limit + 1, now)
+            .map_err(case_error)?;
+        let mut out = Vec::new();
+        for (case, events) in rows {
+            let account = registry.account_of(&case).map_err(case_error)?;
+            let open = registry.is_open(&case, now);
+            out.push((case, events, account, open));
         }
-        Ok(items)
+        Ok(out)
     })
     .await?;
-    Ok(page(items, None))
+    let item = |(case, events, account, open): &(CaseRow, Vec<EventRow>, String, bool)| {
+        serde_json::json!({
+            "id": case.id,
+            "account": account,
+            "state": if *open { "open" } else { "closed" },
+            "opened_at": format_time(case.opened_at),
+            "last_event_at": format_time(case.last_event_at),
+            "closed_at": case.closed_at.map(format_time),
+            "outcome": case.outcome,
+            "events": events.iter().map(|e| serde_json::json!({
+                "at": format_time(e.at), "event": e.code, "zone": e.zone, "source": e.source,
+            })).collect::<Vec<_>>(),
+        })
+    };
+    Ok(paged(&rows, limit, item, |(case, ..)| case.id.clone()))
 }
 
 /// `POST /v1/alarms/{id}/close` (operator).

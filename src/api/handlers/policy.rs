@@ -53,10 +53,12 @@ where
 
 /// The rows of one page of a cursor-paginated list, and the page size: `limit` and `cursor` from
 /// the query string, then `fetch(catalog, cursor, limit + 1)` on a blocking thread (the extra
-/// row tells `paged` whether a next page exists).
+/// row tells `paged` whether a next page exists). A cursor is the id of the last item of the
+/// previous page: `id_prefix` then a recording-style id, anything else is refused.
 async fn list_rows<R, F>(
     state: &Arc<AppState>,
     request: &Request,
+    id_prefix: &str,
     fetch: F,
 ) -> Result<(Vec<R>, usize), ApiError>
 where
@@ -65,6 +67,14 @@ where
 {
     let limit = limit_param(request)?;
     let after = request.param("cursor").map(str::to_owned);
+    if let Some(cursor) = &after
+        && cursor
+            .strip_prefix(id_prefix)
+            .and_then(BlobId::parse)
+            .is_none()
+    {
+        return Err(ApiError::BadRequest("invalid cursor".into()));
+    }
     let rows = state
         .catalog
         .call(move |catalog| fetch(catalog, after.as_deref(), limit + 1))
@@ -148,7 +158,7 @@ pub(super) async fn objection_list(
     state: &Arc<AppState>,
     request: Request,
 ) -> Result<Response<Body>, ApiError> {
-    let (rows, limit) = list_rows(state, &request, Catalog::objection_list).await?;
+    let (rows, limit) = list_rows(state, &request, "obj_", Catalog::objection_list).await?;
     let item = |row: &crate::catalog::policy::ObjectionRow| {
         serde_json::json!({
             "id": row.id,
@@ -175,12 +185,23 @@ pub(super) async fn objection_withdraw(
         registry.withdraw(&target, &caller.cn, caller.role.as_str(), now)
     })
     .await?;
-    match withdrawn {
-        true => Ok(json(
+    if withdrawn {
+        return Ok(json(
             StatusCode::OK,
             &serde_json::json!({ "id": id, "status": "withdrawn", "withdrawn_at": format_time(now) }),
-        )),
-        false => Err(ApiError::NotFound),
+        ));
+    }
+    let target = id.clone();
+    let found = state
+        .catalog
+        .call(move |catalog| catalog.objection_withdrawn_at(&target))
+        .await?;
+    match found {
+        Some(Some(at)) => Err(ApiError::Conflict {
+            code: "already_withdrawn",
+            message: format!("objection {id} was withdrawn at {}", format_time(at)),
+        }),
+        _ => Err(ApiError::NotFound),
     }
 }
 
@@ -324,8 +345,25 @@ pub(super) async fn hold_list(
     state: &Arc<AppState>,
     request: Request,
 ) -> Result<Response<Body>, ApiError> {
-    let (rows, limit) = list_rows(state, &request, Catalog::hold_list).await?;
-    Ok(paged(&rows, limit, hold_json, |row| row.id.clone()))
+    // Each hold with the recordings it covers (SPEC §6: "with covered recordings").
+    let (rows, limit) = list_rows(state, &request, "hold_", |catalog, after, limit| {
+        let mut out = Vec::new();
+        for hold in catalog.hold_list(after, limit)? {
+            let covered = catalog
+                .hold_get(&hold.id)?
+                .map(|(_, covered)| covered)
+                .unwrap_or_default();
+            out.push((hold, covered));
+        }
+        Ok(out)
+    })
+    .await?;
+    let item = |(hold, covered): &(HoldRow, Vec<BlobId>)| {
+        let mut value = hold_json(hold);
+        value["recording_ids"] = covered.iter().map(|id| id.to_string()).collect();
+        value
+    };
+    Ok(paged(&rows, limit, item, |(hold, _)| hold.id.clone()))
 }
 
 /// `GET /v1/holds/{id}` (legal, dpo).
@@ -380,7 +418,20 @@ pub(super) async fn hold_release(
             catalog.hold_release(&hold_id, &reason, &caller.cn, audit, &deletion, now)
         })
         .await?;
-    let deleted = released.ok_or(ApiError::NotFound)?;
+    let Some(deleted) = released else {
+        let target = id.clone();
+        let found = state
+            .catalog
+            .call(move |catalog| catalog.hold_get(&target))
+            .await?;
+        return match found.and_then(|(hold, _)| hold.released_at) {
+            Some(at) => Err(ApiError::Conflict {
+                code: "already_released",
+                message: format!("hold {id} was released at {}", format_time(at)),
+            }),
+            None => Err(ApiError::NotFound),
+        };
+    };
     let (catalog, vault) = (state.catalog.clone(), state.vault.clone());
     let to_unlink: Vec<BlobId> = deleted.iter().map(|(id, _)| *id).collect();
     tokio::task::spawn_blocking(move || unlink_and_checkpoint(&catalog, &vault, &to_unlink))
@@ -439,12 +490,8 @@ pub(super) async fn subject_export(
     state: &Arc<AppState>,
     request: Request,
 ) -> Result<Response<Body>, ApiError> {
-    let number = phone(
-        request
-            .param("caller")
-            .ok_or_else(|| ApiError::BadRequest("`caller` is required".into()))?,
-        "caller",
-    )?;
+    let number = super::recordings::number_param(&request, "caller")?
+        .ok_or_else(|| ApiError::BadRequest("`caller` is required".into()))?;
     let filter = RecordingFilter {
         caller_hmac: Some(state.keyring.digest(CALLER_DOMAIN, number.as_str())),
         ..RecordingFilter::default()
@@ -641,7 +688,7 @@ pub(super) async fn quarantine_list(
     state: &Arc<AppState>,
     request: Request,
 ) -> Result<Response<Body>, ApiError> {
-    let (rows, limit) = list_rows(state, &request, Catalog::quarantine_list).await?;
+    let (rows, limit) = list_rows(state, &request, "", Catalog::quarantine_list).await?;
     let item = |row: &crate::catalog::policy::QuarantineRow| {
         let name = state
             .keyring

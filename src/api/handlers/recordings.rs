@@ -15,8 +15,8 @@ use hyper::{Response, StatusCode, header};
 use crate::access::{PURPOSES, Role, purpose_allowed};
 use crate::api::error::ApiError;
 use crate::api::{
-    AppState, Body, ChannelWriter, Request, channel_body, json, limit_param, page, text_field,
-    time_param,
+    AppState, Body, Caller, ChannelWriter, Request, channel_body, json, limit_param, page,
+    text_field, time_param,
 };
 use crate::audit::chain::{AuditDraft, Outcome, format_time};
 use crate::catalog::policy::Deletion;
@@ -185,7 +185,7 @@ async fn upload_parts(
     };
     let stored = match pipeline.ingest(admitted, hint, audio, &sender).await {
         Ok(stored) => stored,
-        // Objected to while the audio arrived: discarded all the same.
+        // Objected to (or the call deleted) while the audio arrived: discarded all the same.
         Err(IngestError::Discarded(reason)) => {
             return Ok(json(
                 StatusCode::OK,
@@ -314,17 +314,29 @@ pub(super) fn recording_json(
     Ok(value)
 }
 
+/// A phone number from the query string. An unencoded `+` arrives as a space (form encoding);
+/// a number that starts with one meant `+`, so it is read that way instead of refused.
+pub(super) fn number_param(request: &Request, name: &str) -> Result<Option<PhoneNumber>, ApiError> {
+    let Some(text) = request.param(name) else {
+        return Ok(None);
+    };
+    let international;
+    let text = match text.strip_prefix(' ') {
+        Some(rest) if rest.starts_with(|c: char| c.is_ascii_digit()) => {
+            international = format!("+{rest}");
+            international.as_str()
+        }
+        _ => text,
+    };
+    PhoneNumber::parse(text)
+        .map(Some)
+        .map_err(|e| ApiError::BadRequest(format!("`{name}` is not a phone number: {e}")))
+}
+
 /// Search filters from the query string.
 pub(super) fn filter_of(state: &AppState, request: &Request) -> Result<RecordingFilter, ApiError> {
-    let caller = match request.param("caller") {
-        Some(text) => {
-            let number = PhoneNumber::parse(text).map_err(|e| {
-                ApiError::BadRequest(format!("`caller` is not a phone number: {e}"))
-            })?;
-            Some(state.keyring.digest(CALLER_DOMAIN, number.as_str()))
-        }
-        None => None,
-    };
+    let caller = number_param(request, "caller")?
+        .map(|number| state.keyring.digest(CALLER_DOMAIN, number.as_str()));
     Ok(RecordingFilter {
         from: time_param(request, "from")?,
         to: time_param(request, "to")?,
@@ -353,7 +365,13 @@ fn cursor_of(text: Option<&str>) -> Result<Option<RecordingCursor>, ApiError> {
     }))
 }
 
-/// Lists recordings matching `filter` that `role` may see now (newest first), as a page.
+/// Most rows one page looks at: rows the caller may not see (expired, deletion pending) are
+/// skipped, and a page stops early, with a cursor, only past this many of them.
+const PAGE_SCAN_MAX: usize = 10_000;
+
+/// Lists recordings matching `filter` that `role` may see now (newest first), as a page. A page
+/// is filled with readable rows whatever number of unreadable ones lie between them, so an
+/// empty page means the end (short of `PAGE_SCAN_MAX` unreadable rows in a row).
 pub(super) async fn list_page(
     state: &Arc<AppState>,
     request: &Request,
@@ -363,40 +381,53 @@ pub(super) async fn list_page(
     let cursor = cursor_of(request.param("cursor"))?;
     let role = request.caller.role;
     let now = state.clock.now();
-    let rows = state
+    let (rows, next) = state
         .catalog
         .call(move |catalog| {
-            let rows = catalog.search_recordings(&filter, cursor, limit + 1)?;
             let mut out = Vec::new();
-            for row in rows {
-                let holds = catalog.holds_of(&row.id)?;
-                out.push((row, holds));
+            let mut position = cursor;
+            let mut scanned = 0;
+            loop {
+                let batch = catalog.search_recordings(&filter, position, limit + 1)?;
+                let exhausted = batch.len() <= limit;
+                for row in batch {
+                    let holds = catalog.holds_of(&row.id)?;
+                    let here = RecordingCursor {
+                        started_at: row.started_at,
+                        id: row.id,
+                    };
+                    let readable = crate::retention::may_read(
+                        row.retain_until,
+                        row.pending_deletion.is_some(),
+                        holds.len(),
+                        role,
+                        now,
+                    )
+                    .is_ok();
+                    if readable {
+                        if out.len() == limit {
+                            // One more readable row: the page is full and has a next one.
+                            return Ok((out, position));
+                        }
+                        out.push((row, holds));
+                    }
+                    position = Some(here);
+                    scanned += 1;
+                    if scanned >= PAGE_SCAN_MAX && !exhausted {
+                        return Ok((out, position));
+                    }
+                }
+                if exhausted {
+                    return Ok((out, None));
+                }
             }
-            Ok(out)
         })
         .await?;
-    let has_more = rows.len() > limit;
-    let mut items = Vec::new();
-    for (row, holds) in rows.iter().take(limit) {
-        if crate::retention::may_read(
-            row.retain_until,
-            row.pending_deletion.is_some(),
-            holds.len(),
-            role,
-            now,
-        )
-        .is_err()
-        {
-            continue;
-        }
+    let mut items = Vec::with_capacity(rows.len());
+    for (row, holds) in &rows {
         items.push(recording_json(state, row, Some(holds), role)?);
     }
-    let next = match has_more {
-        true => rows
-            .get(limit - 1)
-            .map(|(row, _)| format!("{}.{}", row.started_at.as_second(), row.id)),
-        false => None,
-    };
+    let next = next.map(|at| format!("{}.{}", at.started_at.as_second(), at.id));
     Ok(page(items, next))
 }
 
@@ -413,7 +444,8 @@ pub(super) async fn list(
 async fn readable(
     state: &Arc<AppState>,
     id: BlobId,
-    role: Role,
+    caller: &Caller,
+    refusal: Refused<'_>,
 ) -> Result<(RecordingRow, Vec<String>), ApiError> {
     let (lookup, holds) = state
         .catalog
@@ -425,15 +457,54 @@ async fn readable(
         Lookup::NotFound => return Err(ApiError::NotFound),
     };
     let now = state.clock.now();
-    crate::retention::may_read(
-        row.retain_until,
-        row.pending_deletion.is_some(),
-        holds.len(),
-        role,
-        now,
-    )
-    .map_err(|_| ApiError::Expired)?;
+    let pending = row.pending_deletion.is_some();
+    if crate::retention::may_read(row.retain_until, pending, holds.len(), caller.role, now).is_err()
+    {
+        let (error, why) = match pending {
+            true => (
+                ApiError::DeletionPending,
+                "deletion pending (objection or erasure) behind a hold",
+            ),
+            false => (ApiError::Expired, "retention period ended"),
+        };
+        audit_refusal(state, caller, &id.to_string(), refusal, why).await?;
+        return Err(error);
+    }
     Ok((row, holds))
+}
+
+/// What a refused read was: its audit action and the purpose stated, if any.
+#[derive(Clone, Copy)]
+struct Refused<'a> {
+    action: &'a str,
+    purpose: Option<&'a str>,
+}
+
+/// Audits (and commits) the refusal of a read before it is answered (guarantee 8).
+async fn audit_refusal(
+    state: &Arc<AppState>,
+    caller: &Caller,
+    object: &str,
+    refused: Refused<'_>,
+    why: &str,
+) -> Result<(), ApiError> {
+    let mut draft = AuditDraft::new(
+        &caller.cn,
+        caller.role.as_str(),
+        refused.action,
+        object,
+        Outcome::Denied,
+    )
+    .detail(why);
+    if let Some(purpose) = refused.purpose {
+        draft = draft.purpose(purpose);
+    }
+    let now = state.clock.now();
+    state
+        .catalog
+        .call(move |catalog| catalog.audit(draft, now))
+        .await?;
+    Ok(())
 }
 
 /// `GET /v1/recordings/{id}`.
@@ -442,55 +513,66 @@ pub(super) async fn get(
     request: Request,
     id: BlobId,
 ) -> Result<Response<Body>, ApiError> {
-    let (row, holds) = readable(state, id, request.caller.role).await?;
+    let refused = Refused {
+        action: "recording.get",
+        purpose: None,
+    };
+    let (row, holds) = readable(state, id, &request.caller, refused).await?;
     Ok(json(
         StatusCode::OK,
         &recording_json(state, &row, Some(&holds), request.caller.role)?,
     ))
 }
 
-/// A parsed single `Range: bytes=…` header.
-fn parse_range(header: &str, len: u64) -> Result<(u64, u64), ApiError> {
-    let spec = header
-        .trim()
-        .strip_prefix("bytes=")
-        .ok_or(ApiError::RangeNotSatisfiable(len))?;
+/// A `Range` header, read as RFC 9110 §14 says: one satisfiable `bytes` range is served as
+/// `206`; a header in another unit, malformed, or asking for several ranges is ignored (the
+/// whole file, `200`); a valid single range that starts past the end is `416`.
+fn parse_range(header: &str, len: u64) -> Result<Option<(u64, u64)>, ApiError> {
+    let Some(spec) = header.trim().strip_prefix("bytes=") else {
+        return Ok(None);
+    };
     if spec.contains(',') {
-        return Err(ApiError::RangeNotSatisfiable(len));
+        return Ok(None);
     }
-    let (start, end) = spec
-        .split_once('-')
-        .ok_or(ApiError::RangeNotSatisfiable(len))?;
+    let Some((start, end)) = spec.split_once('-') else {
+        return Ok(None);
+    };
+    let number = |text: &str| -> Option<u64> {
+        match !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+            true => text.parse().ok(),
+            false => None,
+        }
+    };
     let (start, end) = match (start.trim(), end.trim()) {
         ("", suffix) => {
-            let n: u64 = suffix
-                .parse()
-                .map_err(|_| ApiError::RangeNotSatisfiable(len))?;
-            if n == 0 {
+            let Some(n) = number(suffix) else {
+                return Ok(None);
+            };
+            if n == 0 || len == 0 {
                 return Err(ApiError::RangeNotSatisfiable(len));
             }
-            (len.saturating_sub(n), len.saturating_sub(1))
+            (len.saturating_sub(n), len - 1)
         }
-        (start, "") => (
-            start
-                .parse()
-                .map_err(|_| ApiError::RangeNotSatisfiable(len))?,
-            len.saturating_sub(1),
-        ),
+        (start, "") => {
+            let Some(start) = number(start) else {
+                return Ok(None);
+            };
+            (start, len.saturating_sub(1))
+        }
         (start, end) => {
-            let start: u64 = start
-                .parse()
-                .map_err(|_| ApiError::RangeNotSatisfiable(len))?;
-            let end: u64 = end
-                .parse()
-                .map_err(|_| ApiError::RangeNotSatisfiable(len))?;
+            let (Some(start), Some(end)) = (number(start), number(end)) else {
+                return Ok(None);
+            };
+            if end < start {
+                return Ok(None);
+            }
             (start, end.min(len.saturating_sub(1)))
         }
     };
-    if len == 0 || start >= len || end < start {
+    if start >= len {
         return Err(ApiError::RangeNotSatisfiable(len));
     }
-    Ok((start, end))
+    Ok(Some((start, end)))
 }
 
 fn content_type_of(container: &str) -> &'static str {
@@ -510,33 +592,45 @@ pub(super) async fn audio(
     id: BlobId,
 ) -> Result<Response<Body>, ApiError> {
     let role = request.caller.role;
-    let purpose = request
-        .param("purpose")
-        .ok_or(ApiError::PurposeRequired)?
-        .to_owned();
-    if !PURPOSES.contains(&purpose.as_str()) {
-        return Err(ApiError::BadRequest(format!(
-            "unknown purpose `{purpose}` (one of {})",
-            PURPOSES.join(", ")
-        )));
-    }
-    if !purpose_allowed(role, &purpose) {
-        let draft = AuditDraft::new(
-            &request.caller.cn,
-            role.as_str(),
-            "recording.read_audio",
-            &id.to_string(),
-            Outcome::Denied,
+    let object = id.to_string();
+    let Some(purpose) = request.param("purpose").map(str::to_owned) else {
+        let refused = Refused {
+            action: "recording.read_audio",
+            purpose: None,
+        };
+        audit_refusal(
+            state,
+            &request.caller,
+            &object,
+            refused,
+            "no purpose stated",
         )
-        .purpose(&purpose)
-        .detail("purpose not allowed for this role");
-        let now = state.clock.now();
-        state
-            .catalog
-            .call(move |catalog| catalog.audit(draft, now))
-            .await?;
+        .await?;
+        return Err(ApiError::PurposeRequired);
+    };
+    if !purpose_allowed(role, &purpose) {
+        // An unknown purpose is one no role may use; the text itself is not kept.
+        let known = PURPOSES.contains(&purpose.as_str());
+        let refused = Refused {
+            action: "recording.read_audio",
+            purpose: known.then_some(purpose.as_str()),
+        };
+        let why = match known {
+            true => "purpose not allowed for this role",
+            false => "unknown purpose",
+        };
+        audit_refusal(state, &request.caller, &object, refused, why).await?;
+        let allowed: Vec<&str> = PURPOSES
+            .into_iter()
+            .filter(|p| purpose_allowed(role, p))
+            .collect();
+        let message = match known {
+            true => format!("role `{role}` may not read audio for `{purpose}`"),
+            false => format!("`{purpose}` is not a purpose"),
+        };
         return Err(ApiError::PurposeNotAllowed(format!(
-            "role `{role}` may not read audio for `{purpose}`"
+            "{message}; role `{role}` may state: {}",
+            allowed.join(", ")
         )));
     }
     let wav = match request.param("format") {
@@ -548,7 +642,11 @@ pub(super) async fn audio(
             )));
         }
     };
-    let (row, _holds) = readable(state, id, role).await?;
+    let refused = Refused {
+        action: "recording.read_audio",
+        purpose: Some(&purpose),
+    };
+    let (row, _holds) = readable(state, id, &request.caller, refused).await?;
     let info = crate::ingest::info_of(&row.audio);
     let wav_len = match (wav, info.as_ref()) {
         (false, _) => None,
@@ -575,7 +673,7 @@ pub(super) async fn audio(
             .get(header::RANGE)
             .and_then(|v| v.to_str().ok()),
     ) {
-        (false, Some(text)) => Some(parse_range(text, row.size)?),
+        (false, Some(text)) => parse_range(text, row.size)?,
         _ => None,
     };
 
@@ -758,20 +856,37 @@ mod tests {
 
     #[test]
     fn ranges() {
-        assert_eq!(parse_range("bytes=0-9", 100).unwrap(), (0, 9));
-        assert_eq!(parse_range("bytes=90-", 100).unwrap(), (90, 99));
-        assert_eq!(parse_range("bytes=-10", 100).unwrap(), (90, 99));
-        assert_eq!(parse_range("bytes=50-500", 100).unwrap(), (50, 99));
-        for bad in [
-            "bytes=100-",
+        let range = |header: &str, len: u64| parse_range(header, len).ok().flatten();
+        assert_eq!(range("bytes=0-9", 100), Some((0, 9)));
+        assert_eq!(range("bytes=90-", 100), Some((90, 99)));
+        assert_eq!(range("bytes=-10", 100), Some((90, 99)));
+        assert_eq!(range("bytes=-500", 100), Some((0, 99)));
+        assert_eq!(range("bytes=50-500", 100), Some((50, 99)));
+        assert_eq!(range(" bytes=3-3 ", 100), Some((3, 3)));
+        // Satisfiable in form but not in fact: 416 (with `Content-Range: bytes */len`).
+        for unsatisfiable in ["bytes=100-", "bytes=100-200", "bytes=-0"] {
+            assert!(
+                matches!(
+                    parse_range(unsatisfiable, 100),
+                    Err(ApiError::RangeNotSatisfiable(100))
+                ),
+                "{unsatisfiable}"
+            );
+        }
+        assert!(parse_range("bytes=0-0", 0).is_err());
+        // Ignored (RFC 9110: another unit, invalid, or several ranges): the whole file.
+        for ignored in [
             "bytes=5-2",
             "bytes=0-1,3-4",
             "items=0-1",
-            "bytes=-0",
             "bytes=x-1",
+            "bytes=abc",
+            "bytes=-",
+            "bytes=+1-2",
+            "bytes=-1-2",
+            "",
         ] {
-            assert!(parse_range(bad, 100).is_err(), "{bad}");
+            assert_eq!(parse_range(ignored, 100).ok(), Some(None), "{ignored}");
         }
-        assert!(parse_range("bytes=0-0", 0).is_err());
     }
 }
