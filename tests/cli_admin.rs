@@ -115,6 +115,36 @@ fn audit_verify_detects_tampering_and_names_the_entry() {
 }
 
 #[test]
+fn audit_verify_detects_entries_cut_off_the_end() {
+    let setup = Setup::new("");
+    let db = open_raw(&setup.data.join("catalog.sqlite"));
+    db.execute("DELETE FROM audit WHERE seq >= 7", []).unwrap();
+    drop(db);
+    let (code, _, err) = setup.cli(&["audit", "verify"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("the chain ends at entry 6 but entry 8 was written"),
+        "{err}"
+    );
+    // A new entry links to the real head, not to what is left: the gap stays visible.
+    let (code, _, err) = setup.cli(&["user", "add", "carol", "--role", "legal"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = setup.cli(&["audit", "verify"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("audit entry 9 follows entry 6"), "{err}");
+    // Every entry removed: not an empty chain that verifies.
+    let db = open_raw(&setup.data.join("catalog.sqlite"));
+    db.execute("DELETE FROM audit", []).unwrap();
+    drop(db);
+    let (code, _, err) = setup.cli(&["audit", "verify"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("the chain ends at entry 0 but entry 9"),
+        "{err}"
+    );
+}
+
+#[test]
 fn users_can_be_listed_changed_and_removed() {
     let setup = Setup::new("");
     let (code, out, _) = setup.cli(&["user", "list"]);

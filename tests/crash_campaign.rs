@@ -2083,7 +2083,8 @@ fn kill_9_at_random_instants_keeps_guarantees_2_3_4_5_and_7() {
         .iter()
         .map(|record| spool.join(&record.audio_name))
         .collect();
-    // Files that came in before the last restart are taken 2 s after it, the others at once.
+    // Files that came in before the last restart are taken once 10 s past their last write and
+    // 2 s unchanged after it, the others at once.
     let deadline = Instant::now() + PATIENCE;
     while waiting.iter().any(|path| path.exists()) {
         if Instant::now() > deadline {

@@ -539,7 +539,7 @@ fn an_objecting_caller_is_discarded_unread_and_unlinked() {
 }
 
 #[test]
-fn files_present_at_start_are_taken_and_other_files_left_alone() {
+fn files_present_at_start_are_taken_and_files_without_sidecar_wait() {
     let setup = Setup::new("");
     let audio = wav(1.0);
     let audio_2 = wav(1.3);
@@ -564,8 +564,8 @@ fn files_present_at_start_are_taken_and_other_files_left_alone() {
             &[&example, "call-early.wav", "call-early.json"],
         )
         .await;
-        // Not touched: another kind of file, a directory, and audio waiting for its sidecar
-        // (it goes to quarantine only after ten minutes without one).
+        // Not touched yet: a directory (never), and audio or another kind of file waiting for
+        // a sidecar (they go to quarantine only after ten minutes without one).
         assert_eq!(
             std::fs::read(spool.join("notes.txt")).unwrap(),
             b"not a recording"
@@ -581,7 +581,7 @@ fn files_present_at_start_are_taken_and_other_files_left_alone() {
             .json();
         let line = status["workers"]["spool"].as_str().unwrap().to_owned();
         assert!(
-            line.contains("2 ingested") && line.contains("1 waiting"),
+            line.contains("2 ingested") && line.contains("2 waiting"),
             "{line}"
         );
     });

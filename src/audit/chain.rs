@@ -173,6 +173,10 @@ pub enum ChainError {
         "audit entry {seq} follows entry {prev}: sequence numbers must increase by one (entries removed)"
     )]
     Gap { seq: u64, prev: u64 },
+    #[error(
+        "the chain ends at entry {found} but entry {expected} was written: entries removed from the end"
+    )]
+    Truncated { found: u64, expected: u64 },
 }
 
 /// Incremental verifier: feed entries in `seq` order.

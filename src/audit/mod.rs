@@ -57,6 +57,16 @@ pub fn verify(catalog: &Catalog) -> Result<Verified, VerifyError> {
             after = entry.seq;
         }
     }
+    // A chain cut at its end still links: its recorded head says where it must end.
+    if let Some((expected, hash)) = catalog.audit_recorded_head()?
+        && verifier.head() != Some((expected, hash))
+    {
+        return Err(ChainError::Truncated {
+            found: verifier.head().map_or(0, |(seq, _)| seq),
+            expected,
+        }
+        .into());
+    }
     Ok(Verified {
         n_entries: verifier.n_verified,
         head: verifier.head(),

@@ -12,11 +12,16 @@ pub(crate) fn append(
     draft: AuditDraft,
     at: jiff::Timestamp,
 ) -> Result<u64, CatalogError> {
-    let (prev_seq, prev_hash) = match head(tx)? {
+    // The recorded head, not the last row: after entries were cut off the end, the next one
+    // still links to the real head, and the gap shows.
+    let (prev_seq, prev_hash) = match recorded_head(tx)? {
         Some(head) => head,
-        None => match anchor(tx)? {
-            Some(anchor) => anchor,
-            None => (0, GENESIS),
+        None => match head(tx)? {
+            Some(head) => head,
+            None => match anchor(tx)? {
+                Some(anchor) => anchor,
+                None => (0, GENESIS),
+            },
         },
     };
     let entry = AuditEntry::seal(prev_seq + 1, at, draft, prev_hash);
@@ -40,7 +45,28 @@ pub(crate) fn append(
         ])
     })
     .map_err(sql("audit append"))?;
+    tx.prepare_cached(
+        "INSERT INTO audit_head (id, seq, hash) VALUES (1, ?1, ?2)
+         ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+    )
+    .and_then(|mut stmt| stmt.execute(params![entry.seq as i64, entry.hash.as_slice()]))
+    .map_err(sql("audit head"))?;
     Ok(entry.seq)
+}
+
+/// The head written with the last entry appended (see `append`).
+pub(crate) fn recorded_head(conn: &Connection) -> Result<Option<(u64, [u8; 32])>, CatalogError> {
+    let row: Option<(i64, Vec<u8>)> = conn
+        .prepare_cached("SELECT seq, hash FROM audit_head WHERE id = 1")
+        .and_then(|mut stmt| {
+            stmt.query_row([], |row| Ok((row.get(0)?, row.get(1)?)))
+                .optional()
+        })
+        .map_err(sql("audit head"))?;
+    match row {
+        Some((seq, hash)) => Ok(Some((seq as u64, digest(hash, "audit head")?))),
+        None => Ok(None),
+    }
 }
 
 pub(crate) fn head(conn: &Connection) -> Result<Option<(u64, [u8; 32])>, CatalogError> {

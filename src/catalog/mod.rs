@@ -219,6 +219,11 @@ impl Catalog {
         self.read(|conn| audit_log::query(conn, filter, after, limit))
     }
 
+    /// The (seq, hash) recorded with the last entry appended: where the chain must end.
+    pub fn audit_recorded_head(&self) -> Result<Option<(u64, [u8; 32])>, CatalogError> {
+        self.read(audit_log::recorded_head)
+    }
+
     /// The (seq, hash) the chain starts after, once old entries have been pruned.
     pub fn audit_anchor(&self) -> Result<Option<(u64, [u8; 32])>, CatalogError> {
         self.read(audit_log::anchor)

@@ -28,7 +28,7 @@ pub(super) fn run(
         Command::Init => init(&config, &actor, &clock, is_dev),
         Command::CheckConfig => {
             config.check_environment(true)?;
-            println!("{}: configuration is valid", config.source.display());
+            say!("{}: configuration is valid", config.source.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::User { command } => {
@@ -37,16 +37,16 @@ pub(super) fn run(
                 UserCommand::Add { cn, role } => {
                     validate_cn(&cn)?;
                     match catalog.user_add(&cn, role, &actor, clock.now())? {
-                        UserChange::Added => println!("added {cn} with role {role}"),
+                        UserChange::Added => say!("added {cn} with role {role}"),
                         UserChange::RoleChanged { from } => {
-                            println!("changed {cn}: role {from} -> {role}")
+                            say!("changed {cn}: role {from} -> {role}")
                         }
-                        UserChange::Unchanged => println!("{cn} already has role {role}"),
+                        UserChange::Unchanged => say!("{cn} already has role {role}"),
                     }
                 }
                 UserCommand::List => {
                     for user in catalog.user_list()? {
-                        println!(
+                        say!(
                             "{}\t{}\t{}",
                             user.cn,
                             user.role,
@@ -56,7 +56,7 @@ pub(super) fn run(
                 }
                 UserCommand::Remove { cn } => {
                     match catalog.user_remove(&cn, &actor, clock.now())? {
-                        true => println!("removed {cn}"),
+                        true => say!("removed {cn}"),
                         false => bail!("no user with CN `{cn}`"),
                     }
                 }
@@ -71,7 +71,7 @@ pub(super) fn run(
                         let head = head
                             .map(|(seq, hash)| format!("{seq}:{}", hex::encode(hash)))
                             .unwrap_or_else(|| "empty".into());
-                        println!("audit chain intact: {n} entries verified, head {head}");
+                        say!("audit chain intact: {n} entries verified, head {head}");
                         Ok(ExitCode::SUCCESS)
                     }
                     Err(error) => Err(anyhow::Error::new(error).context("audit chain broken")),
@@ -90,7 +90,7 @@ pub(super) fn run(
                         let Some(last) = batch.last() else { break };
                         after = last.seq;
                         for entry in &batch {
-                            println!("{}", crate::audit::entry_json(entry));
+                            say!("{}", crate::audit::entry_json(entry));
                         }
                     }
                     Ok(ExitCode::SUCCESS)
@@ -163,12 +163,12 @@ fn init(
         clock.now(),
     )?;
     match created {
-        true => println!("created master key {} (mode 0400)", key_path.display()),
-        false => println!("kept existing master key {}", key_path.display()),
+        true => say!("created master key {} (mode 0400)", key_path.display()),
+        false => say!("kept existing master key {}", key_path.display()),
     }
-    println!("catalog {} ready", config.catalog_path().display());
+    say!("catalog {} ready", config.catalog_path().display());
     if is_dev {
-        println!("development instance: run `callguard serve --dev`");
+        say!("development instance: run `callguard serve --dev`");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -188,7 +188,7 @@ fn rotate(
     let new = MasterKey::load(new_key)?;
     let n = Keyring::rotate(&catalog, &old, &new, actor, clock.now())?;
     catalog.checkpoint()?;
-    println!("re-wrapped {n} keys under the new master key; audio was not re-encrypted");
+    say!("re-wrapped {n} keys under the new master key; audio was not re-encrypted");
     match &config.keys.master_key {
         crate::config::KeySource::File(path) => {
             let temp = path.with_extension("key.new-rotation");
@@ -197,14 +197,14 @@ fn rotate(
             std::fs::set_permissions(&temp, std::fs::Permissions::from_mode(0o400))?;
             std::fs::rename(&temp, path)
                 .with_context(|| format!("cannot replace {}", path.display()))?;
-            println!(
+            say!(
                 "installed the new key as {}; keep {} until the service runs with it",
                 path.display(),
                 new_key.display()
             );
         }
         crate::config::KeySource::Credential(path) => {
-            println!(
+            say!(
                 "the master key comes from the systemd credential {}: re-encrypt the new key with \
                  `systemd-creds encrypt --name=callguard-master.key` into the credential store before restarting",
                 path.display()
@@ -236,17 +236,17 @@ fn purge(
         false => "deleted",
     };
     for (id, reason) in &report.deleted {
-        println!("{verb}\t{id}\t{reason}");
+        say!("{verb}\t{id}\t{reason}");
     }
     for (id, why) in &report.kept {
         match why {
             crate::retention::Keep::Held(holds) => {
-                println!("kept\t{id}\theld by {}", holds.join(", "))
+                say!("kept\t{id}\theld by {}", holds.join(", "))
             }
-            crate::retention::Keep::NotExpired => println!("kept\t{id}\tnot expired"),
+            crate::retention::Keep::NotExpired => say!("kept\t{id}\tnot expired"),
         }
     }
-    println!(
+    say!(
         "{} recordings {}, {} kept past retention (held){}",
         report.deleted.len(),
         match dry_run {
@@ -275,7 +275,7 @@ fn quarantine_list(config: &Config) -> anyhow::Result<ExitCode> {
         after = Some(last.id.clone());
         for row in &rows {
             n += 1;
-            println!(
+            say!(
                 "{}\t{}\t{} bytes\tkept until {}\t{}",
                 row.id,
                 crate::audit::chain::format_time(row.received_at),
@@ -286,7 +286,7 @@ fn quarantine_list(config: &Config) -> anyhow::Result<ExitCode> {
         }
     }
     if n == 0 {
-        println!("quarantine is empty");
+        say!("quarantine is empty");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -296,7 +296,7 @@ fn report(config: &Config, clock: &SharedClock) -> anyhow::Result<ExitCode> {
     let vault = Vault::open(&config.vault_dir())?;
     let now = clock.now();
     let (stored, missing, deleted) = catalog.recording_counts()?;
-    println!("recordings: {stored} stored, {missing} missing, {deleted} deleted (tombstones)");
+    say!("recordings: {stored} stored, {missing} missing, {deleted} deleted (tombstones)");
     let dry = crate::retention::purge::run_once(
         &catalog,
         &vault,
@@ -305,20 +305,20 @@ fn report(config: &Config, clock: &SharedClock) -> anyhow::Result<ExitCode> {
         now,
         true,
     )?;
-    println!(
+    say!(
         "past retention: {} to delete at the next purge, {} kept by holds",
         dry.deleted.len(),
         dry.kept.len()
     );
-    println!("next expiries:");
+    say!("next expiries:");
     for (id, at) in catalog.next_expiries(now, 5)? {
-        println!("  {}\t{id}", crate::audit::chain::format_time(at));
+        say!("  {}\t{id}", crate::audit::chain::format_time(at));
     }
     let holds = catalog.hold_list(None, 1000)?;
     let active: Vec<_> = holds.iter().filter(|h| h.released_at.is_none()).collect();
-    println!("active holds: {}", active.len());
+    say!("active holds: {}", active.len());
     for hold in active {
-        println!(
+        say!(
             "  {}\tcase {}\t{} recordings\tsince {}",
             hold.id,
             hold.case_ref,
@@ -327,13 +327,13 @@ fn report(config: &Config, clock: &SharedClock) -> anyhow::Result<ExitCode> {
         );
     }
     let (objections, quarantined) = catalog.policy_counts()?;
-    println!("active objections: {objections}");
-    println!("quarantine: {quarantined} files");
-    println!("vault disk use: {} bytes", vault.disk_usage());
+    say!("active objections: {objections}");
+    say!("quarantine: {quarantined} files");
+    say!("vault disk use: {} bytes", vault.disk_usage());
     let head = catalog
         .audit_head()?
         .map(|(seq, hash)| format!("{seq}:{}", hex::encode(hash)))
         .unwrap_or_else(|| "empty".into());
-    println!("audit head: {head}");
+    say!("audit head: {head}");
     Ok(ExitCode::SUCCESS)
 }

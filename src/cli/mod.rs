@@ -3,6 +3,15 @@
 //! 2 usage error. Administrative commands audit as `local:<unix user>`. Business logic lives in
 //! the domain modules; this module only calls them.
 
+/// `println!` for command output that fails (`?`) instead of panicking when stdout is closed,
+/// as `callguard audit export | head -1` does; `main` then exits quietly.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)?
+    }};
+}
+
 mod admin;
 mod dev;
 
@@ -130,6 +139,14 @@ pub fn main() -> ExitCode {
     };
     match run(cli) {
         Ok(code) => code,
+        // The reader of our output went away (`| head`): what it wanted, it has.
+        Err(error)
+            if error
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(error) => {
             let message = format!("{error:#}").replace('\n', "; ");
             eprintln!("callguard: {message}");

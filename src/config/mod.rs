@@ -191,7 +191,10 @@ impl Config {
         let raw: RawConfig = toml::from_str(text).map_err(|error| {
             ConfigErrors(vec![ConfigError {
                 file: path.to_owned(),
-                key: String::new(),
+                key: error
+                    .span()
+                    .and_then(|span| key_at(text, span.start))
+                    .unwrap_or_default(),
                 reason: toml_error_reason(text, &error),
             }])
         })?;
@@ -292,9 +295,48 @@ pub fn unix_user_name() -> String {
     format!("uid{uid}")
 }
 
-/// Turns a toml error into one line: position, then the parser's reason (which names the key).
+/// The dotted key (`server.listen`, `alarms.receiver[1].baud`) of the `key = value` line that
+/// holds byte `offset` of `text`, from the table headers above it; `None` off such a line.
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    let offset = offset.min(text.len());
+    let line_start = text[..offset].rfind('\n').map_or(0, |idx| idx + 1);
+    let mut table = String::new();
+    let mut arrays: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for line in text[..line_start].lines() {
+        let line = line.trim();
+        if let Some(name) = line
+            .strip_prefix("[[")
+            .and_then(|rest| rest.split("]]").next())
+        {
+            let name = name.trim().to_owned();
+            let seen = arrays.entry(name.clone()).or_insert(0);
+            table = format!("{name}[{seen}]");
+            *seen += 1;
+        } else if let Some(name) = line
+            .strip_prefix('[')
+            .and_then(|rest| rest.split(']').next())
+        {
+            table = name.trim().to_owned();
+        }
+    }
+    let (key, _) = text[line_start..].lines().next()?.split_once('=')?;
+    let key = key.trim().trim_matches('"');
+    if key.is_empty() || key.starts_with(['#', '[']) {
+        return None;
+    }
+    Some(match table.is_empty() {
+        true => key.to_owned(),
+        false => format!("{table}.{key}"),
+    })
+}
+
+/// Turns a toml error into one line: position, then the parser's reason, with Rust's type
+/// names in words.
 fn toml_error_reason(text: &str, error: &toml::de::Error) -> String {
-    let message = error.message().trim().to_owned();
+    let mut message = error.message().trim().to_owned();
+    for number in ["u8", "u16", "u32", "u64", "usize"] {
+        message = message.replace(&format!("expected {number}"), "expected a whole number");
+    }
     match error.span() {
         Some(span) => {
             let before = &text[..span.start.min(text.len())];
@@ -392,6 +434,66 @@ mod tests {
         ] {
             assert!(joined.contains(key), "{key} missing from {joined}");
         }
+    }
+
+    #[test]
+    fn type_errors_name_their_key() {
+        for (text, expected) in [
+            (
+                "[server]\nlisten = 38743\n",
+                "server.listen: line 2, column 10: invalid type: integer `38743`, expected a \
+                 string",
+            ),
+            (
+                "[ingest]\nspool_workers = \"two\"\n",
+                "ingest.spool_workers: line 2, column 17: invalid type: string \"two\", expected a \
+                 whole number",
+            ),
+            (
+                "[[alarms.receiver]]\nname = \"a\"\ndevice = \"/dev/a\"\n\
+                 [[alarms.receiver]]\nname = \"b\"\nbaud = \"9600\"\n",
+                "alarms.receiver[1].baud: line 6",
+            ),
+        ] {
+            let errors = errors_of(text);
+            assert!(
+                errors.len() == 1 && errors[0].contains(expected),
+                "{expected} missing from {errors:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn receiver_devices_and_the_metrics_address_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let regular = dir.path().join("not-a-tty");
+        std::fs::write(&regular, b"").unwrap();
+        let receiver = |name: &str, device: &str| {
+            format!("[[alarms.receiver]]\nname = \"{name}\"\ndevice = \"{device}\"\n")
+        };
+        let text = format!(
+            "[metrics]\nlisten = \"0.0.0.0:9464\"\n{}{}{}{}{}",
+            receiver("a", ""),
+            receiver("b", "ttyUSB0"),
+            receiver("c", &regular.display().to_string()),
+            receiver("d", "/dev/null"),
+            receiver("e", "/dev/null"),
+        );
+        let joined = errors_of(&text).join("\n");
+        for expected in [
+            "metrics.listen: `0.0.0.0:9464` is not a loopback address",
+            "alarms.receiver[0].device: is empty",
+            "alarms.receiver[1].device: `ttyUSB0` is not an absolute path",
+            "is not a serial (character) device",
+            "alarms.receiver[4].device: `/dev/null` is used by another receiver",
+        ] {
+            assert!(
+                joined.contains(expected),
+                "{expected} missing from {joined}"
+            );
+        }
+        // Absent (unplugged) is fine: the receiver waits for it.
+        assert!(errors_of(&receiver("f", "/dev/callguard-absent-device")).is_empty());
     }
 
     #[test]

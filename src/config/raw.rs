@@ -483,6 +483,39 @@ impl RawConfig {
                     format!("{} is not between 1 and 7", raw.line_digits),
                 );
             }
+            // The device: an absolute path (it may be absent while unplugged; the receiver
+            // waits for it), not another receiver's, and if present a character device.
+            if raw.device.as_os_str().is_empty() {
+                r.error(&key("device"), "is empty".to_owned());
+            } else if !raw.device.is_absolute() {
+                r.error(
+                    &key("device"),
+                    format!("`{}` is not an absolute path", raw.device.display()),
+                );
+            } else if let Ok(metadata) = std::fs::metadata(&raw.device) {
+                use std::os::unix::fs::FileTypeExt;
+                if !metadata.file_type().is_char_device() {
+                    r.error(
+                        &key("device"),
+                        format!(
+                            "`{}` is not a serial (character) device",
+                            raw.device.display()
+                        ),
+                    );
+                }
+            }
+            if receivers
+                .iter()
+                .any(|other: &ReceiverConfig| other.device == raw.device)
+            {
+                r.error(
+                    &key("device"),
+                    format!(
+                        "`{}` is used by another receiver (one port, one reader)",
+                        raw.device.display()
+                    ),
+                );
+            }
             let heartbeat_timeout = r.duration(&key("heartbeat_timeout"), &raw.heartbeat_timeout);
             let duplicate_window = r.duration(&key("duplicate_window"), &raw.duplicate_window);
             receivers.push(ReceiverConfig {
@@ -500,6 +533,24 @@ impl RawConfig {
             });
         }
         let metrics_listen = r.addr("metrics.listen", &self.metrics.listen);
+        // Plain HTTP without authentication (SPEC §10: loopback only).
+        if !metrics_listen.ip().is_loopback() {
+            r.error(
+                "metrics.listen",
+                format!(
+                    "`{}` is not a loopback address: the metrics are plain HTTP without \
+                     authentication (use 127.0.0.1 or [::1]; scrape through an SSH tunnel or a \
+                     local agent)",
+                    self.metrics.listen
+                ),
+            );
+        }
+        if metrics_listen == listen && listen.port() != 0 {
+            r.error(
+                "metrics.listen",
+                format!("`{}` is also `server.listen`", self.metrics.listen),
+            );
+        }
 
         if !r.errors.is_empty() {
             return Err(ConfigErrors(r.errors));

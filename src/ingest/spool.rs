@@ -15,15 +15,17 @@
 //! - A **sidecar** `NAME.json` makes `NAME.<audio ext>` complete once the sidecar is `Closed`
 //!   (written last, SPEC §5.2), and the audio is not `Writing`. A sidecar in state `Unknown`
 //!   (present at start, or after an overflow) counts as complete once its size and mtime are
-//!   unchanged over `QUIET_PERIOD`: a sidecar being written while callguard restarted is not
-//!   taken half-written.
+//!   unchanged over `QUIET_PERIOD` and older than `RECENT_WRITE`: a sidecar being written while
+//!   callguard restarted is not taken half-written.
 //! - A **FreePBX/Asterisk-named** audio file (one `parse_spool_name` accepts) without a sidecar
 //!   is complete `SETTLE` after its close-write or moved-to event, if no write came since (a
 //!   recorder that closes and reopens, or writes a sidecar right after, is given that moment).
 //!   In state `Unknown` it is complete once its size and mtime are unchanged over
-//!   `QUIET_PERIOD`; a file that produced a write event is never taken by that rule, only by
-//!   its close. Limitation: a file left open but idle for `QUIET_PERIOD` while callguard was not
-//!   watching it (down, or events lost) is taken as it is.
+//!   `QUIET_PERIOD` and it was last modified at least `RECENT_WRITE` ago (a recorder between two
+//!   writes while callguard started writes again before that, and is then `Writing`); a file
+//!   that produced a write event is never taken by that rule, only by its close. Limitation: a
+//!   file left open but idle for `RECENT_WRITE` while callguard was not watching it (down, or
+//!   events lost) is taken as it is.
 //! - An audio file with **neither sidecar nor FreePBX name** waits for its sidecar; after
 //!   `GRACE_PERIOD` without change (counted from when callguard first saw it) and while not
 //!   `Writing`, it goes to quarantine ("no sidecar and not a FreePBX/Asterisk file name"). A
@@ -31,8 +33,10 @@
 //!   (a crash between the two unlinks), else quarantined.
 //! - Two audio files for one sidecar, or two sidecars for one stem, are ambiguous: once none is
 //!   being written, all of them go to quarantine.
-//! - Temporary names (`classify` → `Temporary`), other names, directories and symbolic links
-//!   are never touched. One job per stem at a time; at most `SpoolSettings::workers` at once.
+//! - A file of any other name (`classify` → `Other`: no audio extension, not a sidecar) is an
+//!   audio file without a recognised name: with a sidecar it is probed by its content, alone it
+//!   goes to quarantine after `GRACE_PERIOD`. Temporary names (`classify` → `Temporary`),
+//!   directories and symbolic links are never touched. One job per stem at a time; at most `SpoolSettings::workers` at once.
 //!
 //! **Quarantine** stores each file of a failed recording as its own encrypted entry: the audio
 //! first, then its sidecar (also personal data) with the same reason and "sidecar of quarantine
@@ -93,6 +97,11 @@ const RESCAN_UNWATCHED: Duration = Duration::from_secs(5);
 const TICK: Duration = Duration::from_millis(250);
 /// A file with no event history is complete once its size and mtime stay the same this long.
 const QUIET_PERIOD: Duration = Duration::from_secs(2);
+/// A file with no event history modified less than this long ago is not taken by the quiet
+/// rule: a recorder writing every few seconds (GSM at 1.6 kB/s through a 4 KiB buffer: every
+/// 2.5 s) may be between two writes while callguard starts. Its next write is an event, and
+/// then only its close completes it.
+const RECENT_WRITE: Duration = Duration::from_secs(10);
 /// A FreePBX-named file is taken this long after its close, if nothing was written since.
 const SETTLE: Duration = Duration::from_secs(1);
 /// An audio file without sidecar or FreePBX name, or a sidecar without audio, goes to
@@ -309,6 +318,9 @@ struct Stat {
     ino: u64,
     /// A regular file (not a directory, a symbolic link or anything else).
     is_file: bool,
+    /// Modified less than `RECENT_WRITE` before the stat (wall clock): a writer may still
+    /// hold it, between two writes, so the quiet rule does not take it yet.
+    written_lately: bool,
 }
 
 /// What the watcher knows about one file, from events and stats.
@@ -483,7 +495,21 @@ impl Tracker {
                     Kind::Audio { stem, name_problem }
                 }
                 SpoolFile::Sidecar { stem } => Kind::Sidecar { stem },
-                SpoolFile::Other | SpoolFile::Temporary => return None,
+                // Never dropped silently (SPEC §5.2): a file of any other name is treated as
+                // audio that has no recognised name. With a sidecar it is probed like any
+                // recording (by its content); alone it goes to quarantine after
+                // `GRACE_PERIOD`, with the reason.
+                SpoolFile::Other => {
+                    let stem = match name.rsplit_once('.') {
+                        Some((stem, _)) if !stem.is_empty() => stem,
+                        _ => name,
+                    };
+                    Kind::Audio {
+                        stem: stem.to_owned(),
+                        name_problem: Some("no audio extension".to_owned()),
+                    }
+                }
+                SpoolFile::Temporary => return None,
             };
             let entry = Entry {
                 kind,
@@ -557,11 +583,11 @@ impl Tracker {
             if entry.events != EventState::Unknown || entry.not_a_file {
                 continue;
             }
-            let due = match entry.stat {
+            let due = match &entry.stat {
                 None => true,
-                Some((_, since, last)) => {
-                    last.duration_since(since) < QUIET_PERIOD
-                        && now.duration_since(last) >= QUIET_PERIOD
+                Some((stat, since, last)) => {
+                    (last.duration_since(*since) < QUIET_PERIOD || stat.written_lately)
+                        && now.duration_since(*last) >= QUIET_PERIOD
                 }
             };
             if due {
@@ -777,10 +803,12 @@ fn complete(entry: &Entry) -> bool {
     }
 }
 
-/// Size and mtime seen unchanged over `QUIET_PERIOD`.
+/// Size and mtime seen unchanged over `QUIET_PERIOD`, and not modified lately.
 fn quiet(entry: &Entry) -> bool {
-    match entry.stat {
-        Some((_, since, last)) => last.duration_since(since) >= QUIET_PERIOD,
+    match &entry.stat {
+        Some((stat, since, last)) => {
+            last.duration_since(*since) >= QUIET_PERIOD && !stat.written_lately
+        }
         None => false,
     }
 }
@@ -1378,12 +1406,21 @@ fn chunks(file: tokio::fs::File) -> impl Stream<Item = Result<Bytes, io::Error>>
 async fn stat(path: &Path) -> Option<Stat> {
     use std::os::unix::fs::MetadataExt;
     match tokio::fs::symlink_metadata(path).await {
-        Ok(metadata) => Some(Stat {
-            len: metadata.len(),
-            mtime: metadata.modified().ok(),
-            ino: metadata.ino(),
-            is_file: metadata.is_file(),
-        }),
+        Ok(metadata) => {
+            let mtime = metadata.modified().ok();
+            // An mtime far in the future (a clock stepped back) is not held against the file.
+            let written_lately = mtime.is_some_and(|mtime| match mtime.elapsed() {
+                Ok(age) => age < RECENT_WRITE,
+                Err(ahead) => ahead.duration() < Duration::from_secs(60),
+            });
+            Some(Stat {
+                len: metadata.len(),
+                mtime,
+                ino: metadata.ino(),
+                is_file: metadata.is_file(),
+                written_lately,
+            })
+        }
         Err(error) => {
             if error.kind() != io::ErrorKind::NotFound {
                 tracing::warn!(%error, "spool: cannot examine a spool file");
@@ -1412,9 +1449,8 @@ async fn rescan(dir: &Path, tracker: &mut Tracker) -> Result<(), io::Error> {
             tracing::debug!(name = ?file_name, "spool: file name is not UTF-8; left alone");
             continue;
         };
-        match spool_name::classify(name) {
-            SpoolFile::Audio { .. } | SpoolFile::Sidecar { .. } => {}
-            SpoolFile::Other | SpoolFile::Temporary => continue,
+        if spool_name::classify(name) == SpoolFile::Temporary {
+            continue;
         }
         names.insert(name.to_owned());
         stats.push((name.to_owned(), stat(&entry.path()).await));
@@ -1527,6 +1563,7 @@ mod tests {
                         ),
                         ino: 7,
                         is_file: true,
+                        written_lately: words.get(5) == Some(&"lately"),
                     };
                     tracker.observe(&arg(2), Some(stat), now);
                 }
@@ -1536,6 +1573,7 @@ mod tests {
                         mtime: None,
                         ino: 8,
                         is_file: false,
+                        written_lately: false,
                     };
                     tracker.observe(&arg(2), Some(stat), now);
                 }
@@ -1735,6 +1773,31 @@ mod tests {
             "2 due: -
              2 due: take a.wav + a.json",
         );
+        // Modified lately (a writer between two writes while callguard started): stat again
+        // until it is not, then quiet as usual.
+        check(
+            &format!(
+                "0 stat {FREEPBX} 1000 50 lately
+                 2 tostat
+                 2 stat {FREEPBX} 1000 50 lately
+                 2 due
+                 4 tostat
+                 4 stat {FREEPBX} 1000 50 lately
+                 6 stat {FREEPBX} 1000 50
+                 6 due
+                 8 tostat
+                 8 stat {FREEPBX} 1000 50
+                 8 due"
+            ),
+            &format!(
+                "2 tostat: {FREEPBX}
+                 2 due: -
+                 4 tostat: {FREEPBX}
+                 6 due: -
+                 8 tostat: {FREEPBX}
+                 8 due: take {FREEPBX}"
+            ),
+        );
         // A write event makes the quiet rule irrelevant: only the close counts.
         check(
             &format!(
@@ -1795,6 +1858,22 @@ mod tests {
              300 due",
             "300 due: take call-9.wav + call-9.json",
         );
+        // Any other name is never left behind silently: taken with its sidecar (then probed
+        // by its content), or quarantined after the grace period.
+        check(
+            "0 close call-7.au
+             0 close call-7.json
+             0 due",
+            "0 due: take call-7.au + call-7.json",
+        );
+        check(
+            "0 close notes.txt
+             599 due
+             601 due",
+            "599 due: -
+             601 due: quarantine notes.txt: no sidecar and not a FreePBX/Asterisk file name \
+             (no audio extension)",
+        );
     }
 
     #[test]
@@ -1820,12 +1899,11 @@ mod tests {
     }
 
     #[test]
-    fn temporary_other_and_non_files_are_left_alone() {
+    fn temporary_names_and_non_files_are_left_alone() {
         check(
             &format!(
                 "0 close {FREEPBX}.part
                  0 close .call-1.wav
-                 0 close notes.txt
                  0 close call-1.wav~
                  0 stat weird.wav 10 1
                  0 dir folder.wav

@@ -61,7 +61,8 @@ pub enum SpoolFile {
     /// `STEM.EXT` with an audio extension: a recording, described either by `STEM.json` or,
     /// without one, by a FreePBX-style name.
     Audio { stem: String, ext: String },
-    /// Anything else: never taken, never dropped silently (the spool worker decides).
+    /// Anything else: not a recognised recording name; never dropped silently (the spool
+    /// worker quarantines it after a grace period, or probes it if a sidecar names its stem).
     Other,
     /// `STEM.json`: the metadata of `STEM.<audio>`, written last, marks it complete.
     Sidecar { stem: String },
