@@ -137,7 +137,10 @@ impl Objections<'_> {
                 CALL_OBJECTION_TTL.as_secs() as i64,
             ))
             .unwrap_or(now);
-        let audit = AuditDraft::new(actor, role, "objection.call", "", Outcome::Allowed);
+        let audit = |recording: Option<&BlobId>, what: &str| {
+            let object = recording.map(ToString::to_string).unwrap_or_default();
+            AuditDraft::new(actor, role, "objection.call", &object, Outcome::Allowed).detail(what)
+        };
         let deletion = |recording: &BlobId| {
             AuditDraft::new(
                 actor,
@@ -150,7 +153,7 @@ impl Objections<'_> {
         };
         let (outcome, id) = self
             .catalog
-            .call_objection(&digest, expires, now, &deletion, audit)?;
+            .call_objection(&digest, expires, now, &deletion, &audit)?;
         if let (Deletion::Deleted, Some(id)) = (outcome, id) {
             unlink_and_checkpoint(self.catalog, self.vault, &[id])?;
         }

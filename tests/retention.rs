@@ -385,6 +385,26 @@ fn a_deleted_call_is_not_stored_again_and_refused_reads_are_audited() {
             (response.status, response.code().as_str()),
             (410, "deleted")
         );
+        // An operator's call objection for it says it is deleted, and its audit entry names it.
+        let operator = instance.client("operator");
+        let response = operator
+            .post_json("/v1/calls/call-erased/objection", &serde_json::json!({}))
+            .await
+            .unwrap();
+        assert_eq!(
+            (response.status, response.json()["recording"].as_str()),
+            (201, Some("deleted"))
+        );
+        let entries = dpo
+            .get("/v1/audit?action=objection.call")
+            .await
+            .unwrap()
+            .json();
+        assert_eq!(entries["items"][0]["object"], id.as_str(), "{entries}");
+        assert_eq!(
+            entries["items"][0]["detail"], "recording already deleted",
+            "{entries}"
+        );
         let metrics = instance.metrics_response().await;
         crate::support::assert_has_lines(
             &metrics,
@@ -478,5 +498,21 @@ fn a_deleted_call_is_not_stored_again_and_refused_reads_are_audited() {
             .map(|i| i["id"].as_str().unwrap())
             .collect();
         assert_eq!(ids, [live.as_str()], "{found}");
+
+        // Subject access finds the person on either end of the call: `live` was received by
+        // 01 45 67 89 00. The search filter stays the caller.
+        let found = dpo
+            .get("/v1/subjects/recordings?caller=0145678900")
+            .await
+            .unwrap()
+            .json();
+        assert_eq!(found["items"][0]["id"], live.as_str(), "{found}");
+        assert_eq!(found["items"].as_array().unwrap().len(), 1, "{found}");
+        let found = dpo
+            .get("/v1/recordings?caller=0145678900")
+            .await
+            .unwrap()
+            .json();
+        assert_eq!(found["items"], serde_json::json!([]), "{found}");
     });
 }

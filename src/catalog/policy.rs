@@ -276,14 +276,17 @@ impl Catalog {
     }
 
     /// Registers a call-level objection until `expires_at`, and deletes (or defers) the
-    /// recording of that call if it is already stored. Returns the deletion outcome.
+    /// recording of that call if it is already stored. Returns the deletion outcome and the
+    /// recording to unlink; a call whose recording was deleted before is `Deleted` with none.
+    /// `audit` makes the objection's entry from the recording it concerns, if known, and what
+    /// became of it.
     pub fn call_objection(
         &self,
         call_id_hmac: &[u8; 32],
         expires_at: jiff::Timestamp,
         now: jiff::Timestamp,
         deletion_audit: &dyn Fn(&BlobId) -> AuditDraft,
-        audit: AuditDraft,
+        audit: &dyn Fn(Option<&BlobId>, &str) -> AuditDraft,
     ) -> Result<(Deletion, Option<BlobId>), CatalogError> {
         self.write(|tx| {
             tx.execute(
@@ -292,12 +295,22 @@ impl Catalog {
                 params![call_id_hmac.as_slice(), secs(now), secs(expires_at)],
             )
             .map_err(sql("call objection insert"))?;
-            audit_log::append(tx, audit, now)?;
             let ids = ids_where(tx, "SELECT id FROM recordings WHERE call_id_hmac = ?1", &call_id_hmac.as_slice())?;
-            match ids.first() {
-                Some(id) => Ok((delete_or_defer_in(tx, id, "call_objection", deletion_audit(id), now)?, Some(*id))),
-                None => Ok((Deletion::Absent, None)),
+            if let Some(id) = ids.first() {
+                let outcome = delete_or_defer_in(tx, id, "call_objection", deletion_audit(id), now)?;
+                let what = match outcome {
+                    Deletion::Deferred => "recording deletion deferred (held)",
+                    Deletion::Deleted | Deletion::Absent => "recording deleted",
+                };
+                audit_log::append(tx, audit(Some(id), what), now)?;
+                return Ok((outcome, Some(*id)));
             }
+            if let Some(tomb) = crate::catalog::recordings::deleted_call_in(tx, call_id_hmac)? {
+                audit_log::append(tx, audit(Some(&tomb), "recording already deleted"), now)?;
+                return Ok((Deletion::Deleted, None));
+            }
+            audit_log::append(tx, audit(None, "recording not received yet: discarded on arrival"), now)?;
+            Ok((Deletion::Absent, None))
         })
     }
 

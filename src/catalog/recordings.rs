@@ -101,6 +101,9 @@ pub struct RecordingFilter {
     pub operator_hmac: Option<[u8; 32]>,
     pub call_id_hmac: Option<[u8; 32]>,
     pub alarm_case: Option<String>,
+    /// A person on either end: (caller digest, callee digest) of the same number, for subject
+    /// access (GDPR art. 15 covers the calls a person received too).
+    pub party: Option<([u8; 32], [u8; 32])>,
 }
 
 /// Position in a newest-first listing: the last row's (started_at, id).
@@ -421,6 +424,7 @@ impl Catalog {
                        AND (?5 IS NULL OR operator_hmac = ?5) AND (?6 IS NULL OR call_id_hmac = ?6)
                        AND (?7 IS NULL OR alarm_case = ?7)
                        AND (?8 IS NULL OR started_at < ?8 OR (started_at = ?8 AND id < ?9))
+                       AND (?11 IS NULL OR caller_hmac = ?11 OR callee_hmac = ?12)
                      ORDER BY started_at DESC, id DESC LIMIT ?10"
                 ))
                 .map_err(sql("recording search"))?;
@@ -437,6 +441,8 @@ impl Catalog {
                         cursor.map(|c| secs(c.started_at)),
                         cursor.map(|c| c.id.to_string()),
                         limit as i64,
+                        filter.party.as_ref().map(|(caller, _)| caller.as_slice()),
+                        filter.party.as_ref().map(|(_, callee)| callee.as_slice()),
                     ],
                     raw_row,
                 )
@@ -582,7 +588,7 @@ pub(crate) mod tests {
                 at(1000),
                 at(4),
                 &deletion,
-                AuditDraft::system("objection.call", ""),
+                &|_, what| AuditDraft::system("objection.call", "").detail(what),
             )
             .unwrap();
         assert!(matches!(

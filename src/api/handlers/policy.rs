@@ -473,15 +473,29 @@ pub(super) async fn hold_export(
     .await
 }
 
-/// `GET /v1/subjects/recordings?caller=` (dpo).
+/// The digests of `number` as a caller and as a callee.
+fn party_digests(state: &AppState, number: &PhoneNumber) -> ([u8; 32], [u8; 32]) {
+    (
+        state.keyring.digest(CALLER_DOMAIN, number.as_str()),
+        state
+            .keyring
+            .digest(crate::ingest::CALLEE_DOMAIN, number.as_str()),
+    )
+}
+
+/// `GET /v1/subjects/recordings?caller=` (dpo): the person's recordings, as caller or callee.
 pub(super) async fn subject_recordings(
     state: &Arc<AppState>,
     request: Request,
 ) -> Result<Response<Body>, ApiError> {
-    if request.param("caller").is_none() {
-        return Err(ApiError::BadRequest("`caller` is required".into()));
-    }
-    let filter = filter_of(state, &request)?;
+    let number = super::recordings::number_param(&request, "caller")?
+        .ok_or_else(|| ApiError::BadRequest("`caller` is required".into()))?;
+    // The person's number on either end of the call.
+    let filter = RecordingFilter {
+        caller_hmac: None,
+        party: Some(party_digests(state, &number)),
+        ..filter_of(state, &request)?
+    };
     list_page(state, &request, filter).await
 }
 
@@ -493,7 +507,7 @@ pub(super) async fn subject_export(
     let number = super::recordings::number_param(&request, "caller")?
         .ok_or_else(|| ApiError::BadRequest("`caller` is required".into()))?;
     let filter = RecordingFilter {
-        caller_hmac: Some(state.keyring.digest(CALLER_DOMAIN, number.as_str())),
+        party: Some(party_digests(state, &number)),
         ..RecordingFilter::default()
     };
     let ids = state

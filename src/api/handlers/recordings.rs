@@ -351,6 +351,7 @@ pub(super) fn filter_of(state: &AppState, request: &Request) -> Result<Recording
             .param("call_id")
             .map(|c| state.keyring.digest(CALL_ID_DOMAIN, c)),
         alarm_case: request.param("alarm_case").map(str::to_owned),
+        party: None,
     })
 }
 
