@@ -66,6 +66,9 @@ fn text(
     Ok(text.to_owned())
 }
 
+/// The fields of a contact (SPEC §6).
+const CONTACT_FIELDS: [&str; 4] = ["name", "phone", "relation", "order"];
+
 /// Validates a `PUT` body: `[{"name", "phone", "relation", "order"}]`, orders distinct.
 pub fn parse_list(body: &serde_json::Value) -> Result<Vec<Contact>, ContactError> {
     let items = body
@@ -74,6 +77,21 @@ pub fn parse_list(body: &serde_json::Value) -> Result<Vec<Contact>, ContactError
         .ok_or(ContactError::Shape)?;
     let mut out: Vec<Contact> = Vec::new();
     for (index, item) in items.iter().enumerate() {
+        // A field this list does not keep is refused rather than dropped unseen.
+        if let Some(key) = item.as_object().and_then(|fields| {
+            fields
+                .keys()
+                .find(|key| !CONTACT_FIELDS.contains(&key.as_str()))
+        }) {
+            return Err(ContactError::Invalid {
+                index,
+                reason: format!(
+                    "unknown field `{}` (known: {})",
+                    key.chars().take(40).collect::<String>(),
+                    CONTACT_FIELDS.join(", ")
+                ),
+            });
+        }
         let phone_text = text(item, "phone", 64, index)?;
         let phone = PhoneNumber::parse(&phone_text).map_err(|e| ContactError::Invalid {
             index,
@@ -203,5 +221,12 @@ mod tests {
             {"name": "B", "phone": "0612345679", "relation": "x", "order": 1},
         ]));
         assert!(matches!(twice, Err(ContactError::Invalid { index: 1, .. })));
+        let extra = parse_list(&serde_json::json!([
+            {"name": "A", "phone": "0612345678", "relation": "x", "order": 1, "email": "a@b"},
+        ]));
+        assert!(
+            matches!(&extra, Err(ContactError::Invalid { index: 0, reason }) if reason.contains("unknown field `email`")),
+            "{extra:?}"
+        );
     }
 }

@@ -499,6 +499,19 @@ fn a_deleted_call_is_not_stored_again_and_refused_reads_are_audited() {
             .collect();
         assert_eq!(ids, [live.as_str()], "{found}");
 
+        // A misspelt key of a hold is refused, not ignored (it would mean include_future=false).
+        let legal = instance.client("legal");
+        let response = legal
+            .post_json(
+                "/v1/holds",
+                &serde_json::json!({"case_ref": "RG 1", "reason": "r", "selector": {"account": "A"}, "includeFuture": true}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(response.status, 400);
+        let message = response.json()["error"]["message"].as_str().unwrap().to_owned();
+        assert!(message.contains("unknown key `includeFuture`"), "{message}");
+
         // Subject access finds the person on either end of the call: `live` was received by
         // 01 45 67 89 00. The search filter stays the caller.
         let found = dpo

@@ -211,6 +211,24 @@ pub fn paged<T>(
     page(items, next)
 }
 
+/// Refuses a JSON object with a key not in `known`: a misspelt key (`includeFuture`) would
+/// otherwise be ignored and change the meaning silently. `what` names the object.
+pub fn known_keys(value: &serde_json::Value, what: &str, known: &[&str]) -> Result<(), ApiError> {
+    let Some(object) = value.as_object() else {
+        return Err(ApiError::BadRequest(format!(
+            "{what} must be a JSON object"
+        )));
+    };
+    match object.keys().find(|key| !known.contains(&key.as_str())) {
+        None => Ok(()),
+        Some(key) => Err(ApiError::BadRequest(format!(
+            "{what}: unknown key `{}` (known: {})",
+            key.chars().take(40).collect::<String>(),
+            known.join(", ")
+        ))),
+    }
+}
+
 /// A required JSON string field: trimmed, 1 to `max` characters, no control characters.
 pub fn text_field<'v>(
     body: &'v serde_json::Value,

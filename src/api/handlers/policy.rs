@@ -11,7 +11,8 @@ use hyper::{Response, StatusCode, header};
 use crate::api::error::ApiError;
 use crate::api::handlers::recordings::{filter_of, list_page};
 use crate::api::{
-    AppState, Body, ChannelWriter, Request, channel_body, json, limit_param, paged, text_field,
+    AppState, Body, ChannelWriter, Request, channel_body, json, known_keys, limit_param, paged,
+    text_field,
 };
 use crate::audit::chain::{AuditDraft, Outcome, format_time};
 use crate::catalog::policy::{Deletion, HoldRow, HoldSelector};
@@ -231,6 +232,11 @@ pub(super) async fn hold_place(
     let body = request
         .json(JSON_LIMIT, state.config.server.idle_timeout)
         .await?;
+    known_keys(
+        &body,
+        "the hold",
+        &["case_ref", "reason", "selector", "include_future"],
+    )?;
     let case_ref = text_field(&body, "case_ref", 200)?.to_owned();
     let reason = text_field(&body, "reason", 500)?.to_owned();
     let include_future = match body.get("include_future") {
@@ -242,6 +248,13 @@ pub(super) async fn hold_place(
             ));
         }
     };
+    if let Some(selector) = body.get("selector") {
+        known_keys(
+            selector,
+            "`selector`",
+            &["recording_ids", "account", "caller", "from", "to"],
+        )?;
+    }
     let selector = body.get("selector").and_then(|v| v.as_object()).ok_or_else(|| {
         ApiError::BadRequest("`selector` is required: {\"recording_ids\": [...]}, {\"account\"}, {\"caller\"} or {\"from\", \"to\"}".into())
     })?;
