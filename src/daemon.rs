@@ -35,22 +35,19 @@ pub enum DaemonError {
     Keyring(#[from] KeyringError),
     #[error(transparent)]
     Vault(#[from] VaultError),
-    #[error(transparent)]
+    #[error("{key}: {0}", key = .0.key())]
     Tls(#[from] crate::api::tls::TlsError),
-    #[error("cannot listen on {addr}: {source}")]
+    // The I/O errors below are in the message, not sources: `{:#}` would print them twice.
+    #[error("{key}: cannot listen on {addr}: {error}")]
     Bind {
+        key: &'static str,
         addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("another callguard process is using {0} (lock held)")]
     Locked(String),
-    #[error("cannot lock {path}: {source}")]
-    Lock {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("cannot lock {path}: {error}")]
+    Lock { path: String, error: std::io::Error },
     #[error("cannot install the signal handler: {0}")]
     Signal(std::io::Error),
 }
@@ -125,18 +122,18 @@ pub fn lock_data_dir(config: &Config) -> Result<DataLock, DaemonError> {
         .truncate(false)
         .write(true)
         .open(&path)
-        .map_err(|source| DaemonError::Lock {
+        .map_err(|error| DaemonError::Lock {
             path: path.display().to_string(),
-            source,
+            error,
         })?;
     match file.try_lock() {
         Ok(()) => Ok(DataLock { _file: file }),
         Err(std::fs::TryLockError::WouldBlock) => Err(DaemonError::Locked(
             config.storage.data_dir.display().to_string(),
         )),
-        Err(std::fs::TryLockError::Error(source)) => Err(DaemonError::Lock {
+        Err(std::fs::TryLockError::Error(error)) => Err(DaemonError::Lock {
             path: path.display().to_string(),
-            source,
+            error,
         }),
     }
 }
@@ -301,30 +298,21 @@ pub async fn serve(
     )?;
     let api_addr = options.listen.unwrap_or(config.server.listen);
     let metrics_addr = options.metrics_listen.unwrap_or(config.metrics.listen);
+    let bind_error = |key: &'static str, addr: SocketAddr| {
+        move |error: std::io::Error| DaemonError::Bind { key, addr, error }
+    };
     let api_listener = tokio::net::TcpListener::bind(api_addr)
         .await
-        .map_err(|source| DaemonError::Bind {
-            addr: api_addr,
-            source,
-        })?;
+        .map_err(bind_error("server.listen", api_addr))?;
     let metrics_listener = tokio::net::TcpListener::bind(metrics_addr)
         .await
-        .map_err(|source| DaemonError::Bind {
-            addr: metrics_addr,
-            source,
-        })?;
+        .map_err(bind_error("metrics.listen", metrics_addr))?;
     let api_bound = api_listener
         .local_addr()
-        .map_err(|source| DaemonError::Bind {
-            addr: api_addr,
-            source,
-        })?;
+        .map_err(bind_error("server.listen", api_addr))?;
     let metrics_bound = metrics_listener
         .local_addr()
-        .map_err(|source| DaemonError::Bind {
-            addr: metrics_addr,
-            source,
-        })?;
+        .map_err(bind_error("metrics.listen", metrics_addr))?;
 
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();

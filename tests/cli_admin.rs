@@ -28,6 +28,38 @@ fn usage_errors_exit_2_and_failures_exit_1_with_one_line() {
         err.contains("/nonexistent.toml") && err.contains("cannot read"),
         "{err}"
     );
+    // --dev has its own configuration: with --config it is a usage error.
+    let (code, _, err) = run_cli(&["--dev", "report", "--config", "/x.toml"], dir.path());
+    assert_eq!(code, 2, "{err}");
+}
+
+#[test]
+fn admin_commands_refuse_what_cannot_work() {
+    let setup = Setup::new("");
+    // CNs as a certificate carries them, not whole names or padded ones.
+    for cn in ["CN=bob,O=acme", " bob", "bob "] {
+        let (code, _, err) = setup.cli(&["user", "add", cn, "--role", "legal"]);
+        assert_eq!(code, 1, "{cn}: {err}");
+    }
+    // A rotation to the current key is no rotation.
+    let current = setup.root().join("master.key");
+    let (code, _, err) = setup.cli(&["keys", "rotate", "--new-key", current.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("holds the current master key"), "{err}");
+    // Output into a pipe closed early: no panic, status 0.
+    let mut child = std::process::Command::new(crate::support::binary())
+        .args(["audit", "export", "--config"])
+        .arg(&setup.config)
+        .current_dir(setup.root())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
 }
 
 #[test]
@@ -66,6 +98,35 @@ fn check_config_names_the_file_key_and_reason() {
     let (code, _, err) = setup.cli(&["serve"]);
     assert_eq!(code, 1);
     assert!(err.contains("storage.data_dir"), "{err}");
+    // What only the server used to find: a key that is not the certificate's, another master
+    // key than the catalog's, both ports the same.
+    let setup = Setup::new("");
+    let text = std::fs::read_to_string(&setup.config).unwrap();
+    let server_key = setup.pki.join("server.key").display().to_string();
+    let wrong_key = setup.pki.join("operator.key").display().to_string();
+    std::fs::write(&setup.config, text.replace(&server_key, &wrong_key)).unwrap();
+    let (code, _, err) = setup.cli(&["check-config"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("server.cert, server.key: the private key does not belong to the certificate"),
+        "{err}"
+    );
+    std::fs::write(&setup.config, &text).unwrap();
+    let other = setup.root().join("other.key");
+    std::fs::write(&other, [9u8; 32]).unwrap();
+    std::fs::set_permissions(&other, std::fs::Permissions::from_mode(0o400)).unwrap();
+    let master = setup.root().join("master.key").display().to_string();
+    std::fs::write(
+        &setup.config,
+        text.replace(&master, &other.display().to_string()),
+    )
+    .unwrap();
+    let (code, _, err) = setup.cli(&["check-config"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("keys.master_key_file: the master key does not open this catalog's keys"),
+        "{err}"
+    );
 }
 
 /// Opens the catalog behind the service's back, as an attacker with disk access would.

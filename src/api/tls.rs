@@ -21,11 +21,37 @@ pub enum TlsError {
         reason: String,
     },
     #[error("{path} holds no certificate")]
-    NoCertificate { path: String },
+    NoCertificate { what: &'static str, path: String },
+    #[error("the private key does not belong to the certificate")]
+    KeyMismatch,
     #[error("invalid TLS configuration: {0}")]
-    Rustls(#[from] rustls::Error),
+    Rustls(rustls::Error),
     #[error("invalid client CA: {0}")]
     Verifier(String),
+}
+
+impl From<rustls::Error> for TlsError {
+    fn from(error: rustls::Error) -> TlsError {
+        match error {
+            rustls::Error::InconsistentKeys(_) => TlsError::KeyMismatch,
+            other => TlsError::Rustls(other),
+        }
+    }
+}
+
+impl TlsError {
+    /// The configuration key the error is about.
+    pub fn key(&self) -> &'static str {
+        match self {
+            TlsError::Pem { what, .. } | TlsError::NoCertificate { what, .. } => match *what {
+                "private key" => "server.key",
+                "client CA" => "server.client_ca",
+                _ => "server.cert",
+            },
+            TlsError::KeyMismatch | TlsError::Rustls(_) => "server.cert, server.key",
+            TlsError::Verifier(_) => "server.client_ca",
+        }
+    }
 }
 
 /// The crypto provider used everywhere (one provider only: see dependencies.md pitfall 3).
@@ -45,6 +71,7 @@ pub fn server_config(
         .map_err(pem_error("certificate", cert))?;
     if chain.is_empty() {
         return Err(TlsError::NoCertificate {
+            what: "certificate",
             path: cert.display().to_string(),
         });
     }
@@ -56,6 +83,7 @@ pub fn server_config(
         .map_err(pem_error("client CA", client_ca))?;
     if anchors.is_empty() {
         return Err(TlsError::NoCertificate {
+            what: "client CA",
             path: client_ca.display().to_string(),
         });
     }

@@ -28,7 +28,21 @@ pub(super) fn run(
         Command::Init => init(&config, &actor, &clock, is_dev),
         Command::CheckConfig => {
             config.check_environment(true)?;
-            say!("{}: configuration is valid", config.source.display());
+            // What `serve` would refuse next: the TLS files as a whole, and a master key that
+            // does not open an existing catalog.
+            let source = config.source.display();
+            crate::api::tls::server_config(
+                &config.server.cert,
+                &config.server.key,
+                &config.server.client_ca,
+            )
+            .map_err(|error| anyhow::anyhow!("{source}: {}: {error}", error.key()))?;
+            if config.catalog_path().exists() {
+                let catalog = open_catalog(&config)?;
+                Keyring::load(config.keys.master_key.path(), &catalog)
+                    .map_err(|error| anyhow::anyhow!("{source}: keys.master_key_file: {error}"))?;
+            }
+            say!("{source}: configuration is valid");
             Ok(ExitCode::SUCCESS)
         }
         Command::User { command } => {
@@ -116,10 +130,21 @@ fn open_catalog(config: &Config) -> anyhow::Result<Catalog> {
     Ok(Catalog::open(&path)?)
 }
 
-/// CNs are identifiers, not free text.
+/// CNs are identifiers, not free text: the certificate's common name alone, as the server reads
+/// it, which never starts or ends with a space nor is a whole distinguished name.
 fn validate_cn(cn: &str) -> anyhow::Result<()> {
     if cn.is_empty() || cn.len() > 256 || cn.chars().any(char::is_control) {
         bail!("`{cn}` is not a usable certificate CN (1–256 printable characters)");
+    }
+    if cn.trim() != cn {
+        bail!("`{cn}` starts or ends with a space: no certificate CN will match it");
+    }
+    let upper = cn.to_ascii_uppercase();
+    if upper.starts_with("CN=") || upper.contains(",O=") || upper.contains(", O=") {
+        bail!(
+            "`{cn}` looks like a distinguished name: give the common name alone (for `CN=bob,O=x`, \
+             `bob`)"
+        );
     }
     Ok(())
 }
@@ -186,6 +211,13 @@ fn rotate(
     let catalog = open_catalog(config)?;
     let old = MasterKey::load(config.keys.master_key.path())?;
     let new = MasterKey::load(new_key)?;
+    if new.same_as(&old) {
+        bail!(
+            "--new-key: {} holds the current master key; a rotation needs a new one (`head -c 32 \
+             /dev/urandom > FILE; chmod 0400 FILE`)",
+            new_key.display()
+        );
+    }
     let n = Keyring::rotate(&catalog, &old, &new, actor, clock.now())?;
     catalog.checkpoint()?;
     say!("re-wrapped {n} keys under the new master key; audio was not re-encrypted");

@@ -32,8 +32,9 @@ pub struct Cli {
     /// Configuration file.
     #[arg(long, global = true, value_name = "FILE", default_value = DEFAULT_CONFIG_PATH)]
     pub config: PathBuf,
-    /// Act on the embedded development instance under ./callguard-dev/.
-    #[arg(long, global = true)]
+    /// Act on the embedded development instance under ./callguard-dev/ (its own configuration:
+    /// not with --config).
+    #[arg(long, global = true, conflicts_with = "config")]
     pub dev: bool,
     #[command(subcommand)]
     pub command: Command,
@@ -137,6 +138,19 @@ pub fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(error) => error.exit(),
     };
+    // clap checks the conflict only where both are written at the same level.
+    let explicit_config = std::env::args_os()
+        .skip(1)
+        .any(|arg| arg == "--config" || arg.to_string_lossy().starts_with("--config="));
+    if cli.dev && explicit_config {
+        use clap::CommandFactory;
+        Cli::command()
+            .error(
+                clap::error::ErrorKind::ArgumentConflict,
+                "--dev acts on ./callguard-dev/ with its own configuration: drop --config",
+            )
+            .exit();
+    }
     match run(cli) {
         Ok(code) => code,
         // The reader of our output went away (`| head`): what it wanted, it has.

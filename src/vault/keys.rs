@@ -104,6 +104,11 @@ impl MasterKey {
         Ok(MasterKey(key))
     }
 
+    /// Whether two master keys are the same (constant time).
+    pub fn same_as(&self, other: &MasterKey) -> bool {
+        subtle::ConstantTimeEq::ct_eq(&self.0[..], &other.0[..]).into()
+    }
+
     /// A fresh random master key (for `init` and the dev instance).
     pub fn generate() -> Result<MasterKey, KeyError> {
         Ok(MasterKey(random_key()?))
