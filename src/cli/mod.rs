@@ -219,9 +219,11 @@ fn load(path: &std::path::Path) -> anyhow::Result<Config> {
 /// Logs go to stdout for the service (journald takes them), stderr at `warn` for commands.
 fn init_tracing(service: bool) {
     use tracing_subscriber::EnvFilter;
+    // Symphonia reports, through `log`, what it notices in the streams it demuxes ("ogg stream
+    // ends inside a page"): the probe decides what of it matters and says so itself.
     let default = match service {
-        true => "info",
-        false => "warn",
+        true => "info,symphonia=error",
+        false => "warn,symphonia=error",
     };
     let filter =
         EnvFilter::try_from_env("CALLGUARD_LOG").unwrap_or_else(|_| EnvFilter::new(default));

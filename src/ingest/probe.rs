@@ -8,7 +8,8 @@
 //! Duration rules, all exact to the sample: WAV from the data chunk (or the bytes actually
 //! present, when fewer) and the block size, preferring the `fact` count for block codecs; FLAC
 //! and MP3 by counting every frame (less LAME's encoder delay and padding when its Info tag says
-//! so); Ogg Vorbis from the last granule position; Ogg Opus from the last granule position less
+//! so, or, without the tag, less the usual encoder and decoder delay: within one frame of the
+//! source); Ogg Vorbis from the last granule position; Ogg Opus from the last granule position less
 //! the pre-skip, at 48 kHz; raw GSM and header-less files from their length.
 
 use std::io::{self, Read};
@@ -1326,9 +1327,16 @@ fn probe_mp3<R: Read + Send + Sync>(stream: &mut Stream<R>) -> Result<AudioInfo,
         });
     }
     let (sample_rate, channels) = rate_and_channels(&params, CONTAINER_MP3)?;
+    // LAME's Info tag announces the encoder delay and padding that gapless decoding drops.
+    // Without it (sox writes none) nothing says how much is silence the encoder added: the usual
+    // encoder delay (576 samples) and the synthesis filter's (529) are taken off, which brings
+    // the duration within one frame of the source instead of up to three frames over (168 ms
+    // for 3 s at 8 kHz).
     let (delay, padding) = match reader.default_track(TrackType::Audio) {
-        Some(track) => (track.delay.unwrap_or(0), track.padding.unwrap_or(0)),
-        None => (0, 0),
+        Some(track) if track.delay.is_some() || track.padding.is_some() => {
+            (track.delay.unwrap_or(0), track.padding.unwrap_or(0))
+        }
+        Some(_) | None => (MP3_UNTAGGED_DELAY, 0),
     };
     let mut check = DecodeCheck::new(&params, CONTAINER_MP3)?;
     let mut n_frames: u64 = 0;
@@ -1352,10 +1360,13 @@ fn probe_mp3<R: Read + Send + Sync>(stream: &mut Stream<R>) -> Result<AudioInfo,
         }
     }
     check.verdict()?;
-    // LAME's Info tag announces the encoder delay and padding that gapless decoding drops.
     let n_frames = n_frames.saturating_sub(u64::from(delay) + u64::from(padding));
     AudioInfo::new(CONTAINER_MP3, "mp3", sample_rate, channels, n_frames)
 }
+
+/// Samples an MP3 without an Info tag is taken to start with: LAME's encoder delay (576) and
+/// the decoder's synthesis delay (529).
+const MP3_UNTAGGED_DELAY: u32 = 576 + 529;
 
 // ---------------------------------------------------------------------------------------------
 // Ogg: pages parsed here (CRC checked); Vorbis validated by symphonia on the first pages
@@ -2372,12 +2383,13 @@ mod tests {
     }
 
     #[test]
-    fn mp3_without_info_tag_counts_every_frame() {
-        // Without the tag nothing says how many decoded samples are encoder delay, so the truth
-        // is what a decoder outputs: every frame (checked against sox's decoding).
+    fn mp3_without_info_tag_is_within_a_frame_of_the_source() {
+        // Without the tag nothing says how many decoded samples are encoder delay and padding:
+        // every frame less the usual delay, against what sox decodes (every frame but the last)
+        // and the source.
         let dir = dir();
         for tags in [Mp3Tags::None, Mp3Tags::Id3v2] {
-            for (rate, channels) in [(8000, 1), (44_100, 2)] {
+            for (rate, channels) in [(8000, 1), (16_000, 1), (44_100, 2)] {
                 let audio = audio::mp3(dir.path(), rate, channels, 2.0, tags);
                 let bytes = audio.bytes();
                 assert_eq!(bytes.starts_with(b"ID3"), tags == Mp3Tags::Id3v2);
@@ -2385,20 +2397,28 @@ mod tests {
                 let decoded = audio::sox_decode(&audio.path, &[]);
                 let sox_frames = (decoded.len() / usize::from(channels)) as u64;
                 assert_eq!((info.sample_rate, info.channels), (rate, channels));
-                // libmad (sox) does not output the last frame: one frame of difference.
                 let frame_len = if rate >= 32_000 { 1152 } else { 576 };
+                let delay = u64::from(MP3_UNTAGGED_DELAY);
+                // libmad (sox) does not output the last frame: one frame of difference.
                 // (With an ID3v2 tag sox trims to the tag's TLEN instead.)
-                assert_eq!(info.n_frames % frame_len, 0, "whole frames");
                 assert!(
                     tags == Mp3Tags::Id3v2
-                        || info.n_frames == sox_frames
-                        || info.n_frames == sox_frames + frame_len,
+                        || info.n_frames + delay == sox_frames
+                        || info.n_frames + delay == sox_frames + frame_len,
                     "{tags:?} {rate}: probe {} frames, sox decodes {sox_frames}",
                     info.n_frames
                 );
-                // And it still covers the source, plus at most delay and last-frame padding.
-                assert!(info.n_frames >= audio.n_frames);
-                assert!(info.n_frames - audio.n_frames < 3 * 1152);
+                assert!(
+                    info.n_frames.abs_diff(audio.n_frames) <= frame_len,
+                    "{tags:?} {rate}: probe {} frames, source {}",
+                    info.n_frames,
+                    audio.n_frames
+                );
+                assert!(
+                    info.duration_ms.abs_diff(2000) < 100,
+                    "{}",
+                    info.duration_ms
+                );
             }
         }
     }
