@@ -220,12 +220,17 @@ async fn record_alarm_event(
         let job = event.clone();
         let result = tokio::task::spawn_blocking(move || {
             let now = worker.clock.now();
+            let incoming = crate::alarms::cases::IncomingEvent {
+                account: &job.account,
+                code: &job.code,
+                zone: job.zone.as_deref(),
+                group: job.group.as_deref(),
+                line: Some(&job.line),
+                at: job.received_at,
+            };
             worker.cases().record(
-                &job.account,
-                &job.code,
-                job.zone.as_deref(),
+                &incoming,
                 &crate::alarms::cases::Origin::receiver(&job.receiver),
-                job.received_at,
                 now,
             )
         })

@@ -154,6 +154,28 @@ fn contacts_are_readable_only_while_an_alarm_case_is_open() {
         // audit names the alarm source that posted it.
         let source = instance.client("alarm_source");
         let mut opened = vec![case["id"].as_str().unwrap().to_owned()];
+
+        // A SIA block with two events (and a text field): one ACK, both on the case, with
+        // the area and the receiver line.
+        assert_eq!(exchange(&mut master, b"S011[#BEEF|Nri1BA01/BA02^Salon^]\x14").await, 0x06);
+        let beef = eventually("the SIA case", async || {
+            let items = operator.get("/v1/alarms").await.ok()?.json()["items"].clone();
+            let case = items.as_array()?.iter().find(|c| c["account"] == "BEEF")?.clone();
+            (case["events"].as_array()?.len() == 2).then_some(case)
+        })
+        .await;
+        let events: Vec<(String, String, String, String)> = beef["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                let field = |name: &str| e[name].as_str().unwrap_or("-").to_owned();
+                (field("event"), field("zone"), field("group"), field("line"))
+            })
+            .collect();
+        let expected = |zone: &str| ("BA".to_owned(), zone.to_owned(), "1".to_owned(), "01/1".to_owned());
+        assert_eq!(events, [expected("01"), expected("02")], "{beef}");
+        opened.push(beef["id"].as_str().unwrap().to_owned());
         for account in ["C0DE", "C0DF", "C0E0"] {
             let response = source
                 .post_json(
@@ -170,7 +192,7 @@ fn contacts_are_readable_only_while_an_alarm_case_is_open() {
             .as_array()
             .unwrap()
             .iter()
-            .find(|e| e["object"] == opened[1].as_str())
+            .find(|e| e["object"] == opened[2].as_str())
             .cloned()
             .unwrap();
         assert_eq!((entry["actor"].as_str(), entry["role"].as_str()), (Some("alarm_source"), Some("alarm_source")), "{entry}");
@@ -197,7 +219,7 @@ fn contacts_are_readable_only_while_an_alarm_case_is_open() {
         assert_eq!((closed.len(), closed[0]["id"].as_str(), closed[0]["state"].as_str()), (1, Some(case_id.as_str()), Some("closed")));
         assert_eq!(closed[0]["outcome"], "false alarm, client reached");
         let all = operator.get("/v1/alarms?state=all&limit=10").await.unwrap().json();
-        assert_eq!(all["items"].as_array().unwrap().len(), 5, "{all}");
+        assert_eq!(all["items"].as_array().unwrap().len(), 6, "{all}");
         for bad in ["state=pending", "limit=0", "cursor=zzz"] {
             let response = operator.get(&format!("/v1/alarms?{bad}")).await.unwrap();
             assert_eq!(response.status, 400, "{bad}");

@@ -44,6 +44,41 @@ pub enum CaseError {
     Key(#[from] KeyError),
 }
 
+/// One alarm event as it arrives, from a serial frame or `POST /v1/alarms`.
+#[derive(Debug, Clone, Copy)]
+pub struct IncomingEvent<'a> {
+    /// The panel's account (personal data).
+    pub account: &'a str,
+    pub code: &'a EventCode,
+    /// Zone or user number.
+    pub zone: Option<&'a str>,
+    /// Contact ID group/partition or SIA area.
+    pub group: Option<&'a str>,
+    /// Receiver number and line of a serial frame (`"01/1"`).
+    pub line: Option<&'a str>,
+    /// When it was received.
+    pub at: jiff::Timestamp,
+}
+
+impl<'a> IncomingEvent<'a> {
+    /// An event with only what the HTTP API carries.
+    pub fn new(
+        account: &'a str,
+        code: &'a EventCode,
+        zone: Option<&'a str>,
+        at: jiff::Timestamp,
+    ) -> IncomingEvent<'a> {
+        IncomingEvent {
+            account,
+            code,
+            zone,
+            group: None,
+            line: None,
+            at,
+        }
+    }
+}
+
 /// Where an alarm event comes from: the event's `source` (a receiver's name, or `api`) and who
 /// the audit entry of a case it opens names.
 #[derive(Debug, Clone, Copy)]
@@ -87,22 +122,29 @@ impl Cases<'_> {
         now.checked_sub(span).unwrap_or(jiff::Timestamp::MIN)
     }
 
-    /// Applies one alarm event for `account`, from `origin`.
+    /// Applies one alarm event, from `origin`.
     pub fn record(
         &self,
-        account: &str,
-        code: &EventCode,
-        zone: Option<&str>,
+        incoming: &IncomingEvent<'_>,
         origin: &Origin<'_>,
-        at: jiff::Timestamp,
         now: jiff::Timestamp,
     ) -> Result<CaseChange, CaseError> {
+        let IncomingEvent {
+            account,
+            code,
+            zone,
+            group,
+            line,
+            at,
+        } = *incoming;
         let account_hmac = self.keyring.digest(ACCOUNT_DOMAIN, account);
         let event = EventRow {
             at,
             code: code.to_string(),
             zone: zone.map(str::to_owned),
             source: origin.source.to_owned(),
+            group: group.map(str::to_owned),
+            line: line.map(str::to_owned),
         };
         let keyring = self.keyring;
         let new_case = || -> Result<(String, Vec<u8>, Vec<u8>), CatalogError> {
@@ -218,11 +260,8 @@ mod tests {
         assert_eq!(
             cases
                 .record(
-                    "1234",
-                    &code("E602"),
-                    None,
+                    &IncomingEvent::new("1234", &code("E602"), None, at(0)),
                     &Origin::receiver("r1"),
-                    at(0),
                     at(0)
                 )
                 .unwrap(),
@@ -230,11 +269,8 @@ mod tests {
         );
         let CaseChange::Opened(id) = cases
             .record(
-                "1234",
-                &code("E130"),
-                Some("015"),
+                &IncomingEvent::new("1234", &code("E130"), Some("015"), at(1)),
                 &Origin::receiver("r1"),
-                at(1),
                 at(1),
             )
             .unwrap()
@@ -244,11 +280,8 @@ mod tests {
         assert_eq!(
             cases
                 .record(
-                    "1234",
-                    &code("R130"),
-                    Some("015"),
+                    &IncomingEvent::new("1234", &code("R130"), Some("015"), at(2)),
                     &Origin::receiver("r1"),
-                    at(2),
                     at(2)
                 )
                 .unwrap(),
@@ -257,11 +290,8 @@ mod tests {
         assert_eq!(
             cases
                 .record(
-                    "1234",
-                    &code("BA"),
-                    Some("01"),
+                    &IncomingEvent::new("1234", &code("BA"), Some("01"), at(3)),
                     &Origin::api("source-1", "alarm_source"),
-                    at(3),
                     at(3)
                 )
                 .unwrap(),
@@ -296,11 +326,8 @@ mod tests {
         assert_eq!(cases.expire(at(1 + 24 * 60)).unwrap(), 1);
         let CaseChange::Opened(second) = cases
             .record(
-                "1234",
-                &code("E110"),
-                None,
+                &IncomingEvent::new("1234", &code("E110"), None, at(2000)),
                 &Origin::receiver("r1"),
-                at(2000),
                 at(2000),
             )
             .unwrap()

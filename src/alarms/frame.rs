@@ -33,6 +33,8 @@ pub const MAX_LINE_DIGITS: usize = 7;
 pub enum Frame {
     /// A Contact ID or SIA event from a panel.
     Event(AlarmEvent),
+    /// A SIA block with several events (`[#1234|Nri1/BA01/BA02]`), in order.
+    Events(Vec<AlarmEvent>),
     /// The receiver's link supervision, sent when the link is idle.
     Heartbeat {
         /// Receiver number `RR`.
@@ -257,7 +259,10 @@ impl Frame {
     /// false for [`Frame::Ignored`].
     pub fn is_recognised(&self) -> bool {
         match self {
-            Frame::Event(_) | Frame::Heartbeat { .. } | Frame::ReceiverStatus { .. } => true,
+            Frame::Event(_)
+            | Frame::Events(_)
+            | Frame::Heartbeat { .. }
+            | Frame::ReceiverStatus { .. } => true,
             Frame::Ignored { .. } => false,
         }
     }
@@ -538,7 +543,7 @@ enum ContactIdForm {
     Long,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum SiaBlockKind {
     /// `S`: a panel's event.
     Event,
@@ -782,9 +787,10 @@ fn parse_contact_id(frame: &[u8], form: ContactIdForm) -> Result<Frame, FrameErr
 }
 
 /// `SRRL[#AAAAAA|Nri1BA01]` and `0RRLLL[#0000|NRU0000]`. The block holds `#` account `|`
-/// `N`, then modifiers (two lower-case letters and their digits, such as `ri1` area or
-/// `ti10:30` time, each optionally followed by `/`), then one two-letter event code and its
-/// address digits.
+/// `N`, then events separated by `/`: each is modifiers (two lower-case letters and their
+/// digits, such as `ri1` area or `ti10:30` time, each optionally followed by `/`), a two-letter
+/// event code and its address digits, and optionally `^text^` (skipped). A receiver status
+/// block holds one event.
 fn parse_sia_block(frame: &[u8], kind: SiaBlockKind) -> Result<Frame, FrameError> {
     let format = match kind {
         SiaBlockKind::Event => "sia block",
@@ -798,25 +804,46 @@ fn parse_sia_block(frame: &[u8], kind: SiaBlockKind) -> Result<Frame, FrameError
     let account = reader.take_run(1, 16, "account", "a hex digit 0-9 A-F", is_upper_hex)?;
     reader.expect(b'|', "account", "'|' after the account")?;
     reader.expect(b'N', "function", "'N' (new event)")?;
+    // Events, each after optional modifiers (`ri1` area, `id3` user, `ti12:30` time), separated
+    // by `/`; an `^…^` text field may follow an event. The area carries over to later events.
     let mut area = None;
-    while let Some(b'a'..=b'z') = reader.peek() {
-        let tag = reader.take(2, "modifier", "a lower-case letter", |byte| {
-            byte.is_ascii_lowercase()
-        })?;
-        let value = reader.take_run(0, 16, "modifier value", "a digit or ':'", |byte| {
-            byte.is_ascii_digit() || byte == b':'
-        })?;
-        if tag == b"ri" {
-            area = Some(text(value));
+    let mut found: Vec<(SiaCode, Option<String>, Option<String>)> = Vec::new();
+    loop {
+        while let Some(b'a'..=b'z') = reader.peek() {
+            let tag = reader.take(2, "modifier", "a lower-case letter", |byte| {
+                byte.is_ascii_lowercase()
+            })?;
+            let value = reader.take_run(0, 16, "modifier value", "a digit or ':'", |byte| {
+                byte.is_ascii_digit() || byte == b':'
+            })?;
+            if tag == b"ri" {
+                area = Some(text(value));
+            }
+            if reader.peek() == Some(b'/') {
+                reader.pos += 1;
+            }
         }
-        if reader.peek() == Some(b'/') {
+        let code = reader.take(2, "event code", "a capital letter", |byte| {
+            byte.is_ascii_uppercase()
+        })?;
+        let zone = reader.take_run(0, 6, "zone", "a digit", |byte| byte.is_ascii_digit())?;
+        let zone = match zone.is_empty() {
+            true => None,
+            false => Some(text(zone)),
+        };
+        found.push((SiaCode([code[0], code[1]]), zone, area.clone()));
+        if reader.peek() == Some(b'^') {
             reader.pos += 1;
+            reader.take_run(0, 64, "text", "printable text then '^'", |byte| {
+                byte != b'^' && (b' '..=b'~').contains(&byte)
+            })?;
+            reader.expect(b'^', "text", "'^' closing the text")?;
+        }
+        match reader.peek() {
+            Some(b'/') if kind == SiaBlockKind::Event => reader.pos += 1,
+            _ => break,
         }
     }
-    let code = reader.take(2, "event code", "a capital letter", |byte| {
-        byte.is_ascii_uppercase()
-    })?;
-    let zone = reader.take_run(0, 6, "zone", "a digit", |byte| byte.is_ascii_digit())?;
     let block_len = reader.pos - block_start;
     reader.expect(b']', "block end", "']' after the zone")?;
     reader.finish()?;
@@ -828,20 +855,21 @@ fn parse_sia_block(frame: &[u8], kind: SiaBlockKind) -> Result<Frame, FrameError
             max: MAX_SIA_BLOCK_LEN,
         });
     }
-    let code = SiaCode([code[0], code[1]]);
-    let zone = match zone.is_empty() {
-        true => None,
-        false => Some(text(zone)),
-    };
-    match kind {
-        SiaBlockKind::Event => Ok(Frame::Event(AlarmEvent {
+    let mut events: Vec<AlarmEvent> = found
+        .iter()
+        .map(|(code, zone, area)| AlarmEvent {
             receiver: header.receiver,
             line: text(header.line),
             account: text(account),
-            code: EventCode::Sia(code),
-            group: area,
-            zone,
-        })),
+            code: EventCode::Sia(*code),
+            group: area.clone(),
+            zone: zone.clone(),
+        })
+        .collect();
+    let (code, zone, _) = found.swap_remove(0);
+    match kind {
+        SiaBlockKind::Event if events.len() > 1 => Ok(Frame::Events(events)),
+        SiaBlockKind::Event => Ok(Frame::Event(events.swap_remove(0))),
         SiaBlockKind::ReceiverStatus => Ok(Frame::ReceiverStatus {
             receiver: header.receiver,
             line: text(header.line),
@@ -928,6 +956,11 @@ mod tests {
 
     fn render(parsed: &Result<Frame, FrameError>) -> String {
         match parsed {
+            Ok(Frame::Events(events)) => events
+                .iter()
+                .map(|event| render(&Ok(Frame::Event(event.clone()))))
+                .collect::<Vec<_>>()
+                .join(" + "),
             Ok(Frame::Event(event)) => {
                 let mut out = format!(
                     "event rr={:02X} line={} acct={} code={}",
@@ -1192,6 +1225,29 @@ mod tests {
     }
 
     #[test]
+    fn sia_blocks_with_several_events_or_text() {
+        check(
+            b"S011[#1234|Nri1BA01/BA02]\x14",
+            "event rr=01 line=1 acct=1234 code=BA group=1 zone=01 opens + \
+             event rr=01 line=1 acct=1234 code=BA group=1 zone=02 opens",
+        );
+        check(
+            b"S011[#1234|Nri1BA01/ri2/FA03]\x14",
+            "event rr=01 line=1 acct=1234 code=BA group=1 zone=01 opens + \
+             event rr=01 line=1 acct=1234 code=FA group=2 zone=03 opens",
+        );
+        check(
+            b"S011[#1234|NBA01^Salon porte^]\x14",
+            "event rr=01 line=1 acct=1234 code=BA zone=01 opens",
+        );
+        check(
+            b"S011[#1234|Nid3/OP^Marie^/ri1/BR01]\x14",
+            "event rr=01 line=1 acct=1234 code=OP + \
+             event rr=01 line=1 acct=1234 code=BR group=1 zone=01 restore",
+        );
+    }
+
+    #[test]
     fn sia_block_errors() {
         check(
             b"S011[#1234|Nri1BA01\x14",
@@ -1206,8 +1262,12 @@ mod tests {
             "nak: sia block: event code at offset 19: expected a capital letter, found ']'",
         );
         check(
-            b"S011[#1234|Nri1BA01/BA02]\x14",
-            "nak: sia block: block end at offset 19: expected ']' after the zone, found '/'",
+            b"S011[#1234|Nri1BA01/\x14",
+            "nak: sia block: frame ends at offset 20, in or before its event code",
+        );
+        check(
+            b"S011[#1234|NBA01^unterminated]\x14",
+            "nak: sia block: frame ends at offset 30, in or before its text",
         );
         let long = format!("S011[#1234|N{}BA01]\x14", "ri1/".repeat(14));
         check(

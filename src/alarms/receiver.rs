@@ -104,6 +104,10 @@ pub struct ReceivedEvent {
     pub code: EventCode,
     /// Zone or user number, if the format has one.
     pub zone: Option<String>,
+    /// Contact ID group/partition or SIA area, if the format has one.
+    pub group: Option<String>,
+    /// Receiver number and line the frame names (`"01/1"`).
+    pub line: String,
     /// When callguard read the frame (from the injected clock).
     pub received_at: Timestamp,
 }
@@ -474,7 +478,12 @@ impl Task {
                     answers.push(ACK);
                     tally.counts.acked += 1;
                     match parsed {
-                        Frame::Event(event) => {
+                        Frame::Event(_) | Frame::Events(_) => {
+                            let list = match parsed {
+                                Frame::Events(list) => list,
+                                Frame::Event(event) => vec![event],
+                                _ => Vec::new(),
+                            };
                             match self.recent.is_duplicate(
                                 &frame_bytes,
                                 now,
@@ -482,18 +491,22 @@ impl Task {
                             ) {
                                 true => {
                                     tally.counts.duplicates += 1;
-                                    debug!(receiver = %name, account = %event.account, code = %event.code, "duplicate frame, not handed on");
+                                    debug!(receiver = %name, events = list.len(), "duplicate frame, not handed on");
                                 }
                                 false => {
-                                    info!(receiver = %name, code = %event.code, "alarm event");
-                                    debug!(receiver = %name, account = %event.account, code = %event.code, zone = ?event.zone, "alarm event details");
-                                    events.push(ReceivedEvent {
-                                        receiver: self.settings.name.clone(),
-                                        account: event.account,
-                                        code: event.code,
-                                        zone: event.zone,
-                                        received_at: now,
-                                    });
+                                    for event in list {
+                                        info!(receiver = %name, code = %event.code, "alarm event");
+                                        debug!(receiver = %name, account = %event.account, code = %event.code, zone = ?event.zone, group = ?event.group, "alarm event details");
+                                        events.push(ReceivedEvent {
+                                            receiver: self.settings.name.clone(),
+                                            line: format!("{:02X}/{}", event.receiver, event.line),
+                                            account: event.account,
+                                            code: event.code,
+                                            zone: event.zone,
+                                            group: event.group,
+                                            received_at: now,
+                                        });
+                                    }
                                 }
                             }
                         }

@@ -39,6 +39,10 @@ pub struct EventRow {
     pub code: String,
     pub zone: Option<String>,
     pub source: String,
+    /// Contact ID group/partition or SIA area, when the frame has one.
+    pub group: Option<String>,
+    /// Receiver number and line of a serial frame (`"01/1"`).
+    pub line: Option<String>,
 }
 
 /// A stored contact list: its wrapped key and sealed content.
@@ -173,8 +177,8 @@ impl Catalog {
                 (None, false) => return Ok(CaseChange::Ignored),
             };
             tx.execute(
-                "INSERT INTO alarm_events (case_id, at, code, zone, source) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![case_id, secs(event.at), event.code, event.zone, event.source],
+                "INSERT INTO alarm_events (case_id, at, code, zone, source, grp, line) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![case_id, secs(event.at), event.code, event.zone, event.source, event.group, event.line],
             )
             .map_err(sql("case event"))?;
             tx.execute("UPDATE alarm_cases SET last_event_at = max(last_event_at, ?2) WHERE id = ?1", params![case_id, secs(event.at)])
@@ -268,16 +272,18 @@ impl Catalog {
             }
             let mut out = Vec::new();
             let mut events = conn
-                .prepare("SELECT at, code, zone, source FROM alarm_events WHERE case_id = ?1 ORDER BY at, rowid")
+                .prepare("SELECT at, code, zone, source, grp, line FROM alarm_events WHERE case_id = ?1 ORDER BY at, rowid")
                 .map_err(sql("case events"))?;
             for case in cases {
                 let rows = events
-                    .query_map([&case.id], |row| Ok((row.get::<_, i64>(0)?, row.get(1)?, row.get(2)?, row.get(3)?)))
+                    .query_map([&case.id], |row| {
+                        Ok((row.get::<_, i64>(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?, row.get(5)?))
+                    })
                     .map_err(sql("case events"))?;
                 let mut list = Vec::new();
                 for row in rows {
-                    let (at, code, zone, source) = row.map_err(sql("case events"))?;
-                    list.push(EventRow { at: from_secs(at)?, code, zone, source });
+                    let (at, code, zone, source, group, line) = row.map_err(sql("case events"))?;
+                    list.push(EventRow { at: from_secs(at)?, code, zone, source, group, line });
                 }
                 out.push((case, list));
             }

@@ -156,7 +156,8 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE tombstones ADD COLUMN call_id_hmac BLOB;
      CREATE INDEX tombstones_by_call ON tombstones (call_id_hmac) WHERE call_id_hmac IS NOT NULL;",
     // 5: the audit chain's head, written with each entry: entries cut off the end of the
-    // chain no longer leave a shorter chain that verifies. And the callee index.
+    // chain no longer leave a shorter chain that verifies. And the callee index, and alarm
+    // events' partition and line.
     "CREATE TABLE audit_head (
          id INTEGER PRIMARY KEY CHECK (id = 1),
          seq INTEGER NOT NULL,
@@ -164,7 +165,10 @@ const MIGRATIONS: &[&str] = &[
      ) STRICT;
      INSERT INTO audit_head (id, seq, hash) SELECT 1, seq, hash FROM audit ORDER BY seq DESC LIMIT 1;
      -- Subject access finds a person as the callee too.
-     CREATE INDEX recordings_by_callee ON recordings (callee_hmac);",
+     CREATE INDEX recordings_by_callee ON recordings (callee_hmac);
+     -- An alarm event's partition or area, and the receiver line it came in on.
+     ALTER TABLE alarm_events ADD COLUMN grp TEXT;
+     ALTER TABLE alarm_events ADD COLUMN line TEXT;",
 ];
 
 /// The schema version this build writes.

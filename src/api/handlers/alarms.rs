@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use hyper::{Response, StatusCode};
 
-use crate::alarms::cases::{CaseError, Origin};
+use crate::alarms::cases::{CaseError, IncomingEvent, Origin};
 use crate::alarms::frame::EventCode;
 use crate::api::error::ApiError;
 use crate::api::{AppState, Body, Caller, Request, json, limit_param, page, paged, text_field};
@@ -80,11 +80,8 @@ pub(super) async fn post(
         state
             .cases()
             .record(
-                &account,
-                &code,
-                zone.as_deref(),
+                &IncomingEvent::new(&account, &code, zone.as_deref(), received_at),
                 &Origin::api(&caller.cn, caller.role.as_str()),
-                received_at,
                 now,
             )
             .map_err(case_error)
@@ -151,7 +148,8 @@ pub(super) async fn list(
             "closed_at": case.closed_at.map(format_time),
             "outcome": case.outcome,
             "events": events.iter().map(|e| serde_json::json!({
-                "at": format_time(e.at), "event": e.code, "zone": e.zone, "source": e.source,
+                "at": format_time(e.at), "event": e.code, "zone": e.zone, "group": e.group,
+                "source": e.source, "line": e.line,
             })).collect::<Vec<_>>(),
         })
     };
