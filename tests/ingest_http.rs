@@ -445,6 +445,14 @@ fn every_format_is_stored_as_sent_and_served_whole_by_range_and_as_wav() {
             let whole = get_with(&supervisor, &audio_path(&id, "quality_review"), &[]).await;
             assert_eq!(whole.status, 200, "{name}: {:?}", whole.body);
             assert!(whole.body[..] == bytes[..], "{name}: the original bytes differ");
+            let disposition = header(&whole, "content-disposition");
+            assert!(
+                disposition.starts_with(&format!("inline; filename=\"{id}.")),
+                "{name}: {disposition}"
+            );
+            if case.codec == "pcm_mulaw" && case.container == "raw" {
+                assert_eq!(header(&whole, "content-type"), "audio/basic", "{name}");
+            }
             let mut n_reads = 1;
 
             // Ranges.

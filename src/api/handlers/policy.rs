@@ -16,7 +16,7 @@ use crate::api::{
 };
 use crate::audit::chain::{AuditDraft, Outcome, format_time};
 use crate::catalog::policy::{Deletion, HoldRow, HoldSelector};
-use crate::catalog::recordings::{Lookup, RecordingFilter, RecordingRow};
+use crate::catalog::recordings::{Lookup, RecordingFilter};
 use crate::catalog::{AuditFilter, Catalog, CatalogError};
 use crate::ingest::metadata::PhoneNumber;
 use crate::ingest::{ACCOUNT_DOMAIN, open_personal};
@@ -615,7 +615,7 @@ async fn export(
     let mut files = Vec::new();
     for row in &rows {
         let personal = open_personal(&state.keyring, row)?;
-        let name = format!("{}.{}", row.id, extension_of(row));
+        let name = format!("{}.{}", row.id, super::recordings::extension_of(&row.audio));
         manifest_recordings.push(serde_json::json!({
             "id": row.id.to_string(),
             "file": name,
@@ -693,21 +693,6 @@ async fn export(
         headers.insert(header::CONTENT_DISPOSITION, value);
     }
     Ok(response)
-}
-
-fn extension_of(row: &RecordingRow) -> &'static str {
-    match (row.audio.container.as_str(), row.audio.codec.as_str()) {
-        ("wav", _) => "wav",
-        ("flac", _) => "flac",
-        ("mp3", _) => "mp3",
-        ("ogg", "opus") => "opus",
-        ("ogg", _) => "ogg",
-        ("raw", "pcm_mulaw") => "ulaw",
-        ("raw", "pcm_alaw") => "alaw",
-        ("raw", "pcm_s16le") => "sln",
-        ("raw", "gsm") => "gsm",
-        _ => "bin",
-    }
 }
 
 /// `GET /v1/quarantine` (dpo).

@@ -20,7 +20,9 @@ use crate::api::{
 };
 use crate::audit::chain::{AuditDraft, Outcome, format_time};
 use crate::catalog::policy::Deletion;
-use crate::catalog::recordings::{Lookup, RecordingCursor, RecordingFilter, RecordingRow};
+use crate::catalog::recordings::{
+    AudioFacts, Lookup, RecordingCursor, RecordingFilter, RecordingRow,
+};
 use crate::ingest::metadata::{CallMetadata, MAX_METADATA_BYTES, PhoneNumber};
 use crate::ingest::probe::FormatHint;
 use crate::ingest::{
@@ -576,13 +578,35 @@ fn parse_range(header: &str, len: u64) -> Result<Option<(u64, u64)>, ApiError> {
     Ok(Some((start, end)))
 }
 
-fn content_type_of(container: &str) -> &'static str {
-    match container {
-        "wav" => "audio/wav",
-        "flac" => "audio/flac",
-        "mp3" => "audio/mpeg",
-        "ogg" => "audio/ogg",
+/// The media type of a stored recording's original bytes. Header-less G.711 and GSM have
+/// registered types (RFC 2046 `audio/basic` is 8 kHz mono µ-law; RFC 4856 the others);
+/// little-endian signed linear has none.
+fn content_type_of(audio: &AudioFacts) -> &'static str {
+    match (audio.container.as_str(), audio.codec.as_str()) {
+        ("wav", _) => "audio/wav",
+        ("flac", _) => "audio/flac",
+        ("mp3", _) => "audio/mpeg",
+        ("ogg", _) => "audio/ogg",
+        ("raw", "pcm_mulaw") => "audio/basic",
+        ("raw", "pcm_alaw") => "audio/PCMA; rate=8000",
+        ("raw", "gsm") => "audio/GSM",
         _ => "application/octet-stream",
+    }
+}
+
+/// The file extension of a stored recording's original bytes (downloads, exports).
+pub(super) fn extension_of(audio: &AudioFacts) -> &'static str {
+    match (audio.container.as_str(), audio.codec.as_str()) {
+        ("wav", _) => "wav",
+        ("flac", _) => "flac",
+        ("mp3", _) => "mp3",
+        ("ogg", "opus") => "opus",
+        ("ogg", _) => "ogg",
+        ("raw", "pcm_mulaw") => "ulaw",
+        ("raw", "pcm_alaw") => "alaw",
+        ("raw", "pcm_s16le") => "sln",
+        ("raw", "gsm") => "gsm",
+        _ => "bin",
     }
 }
 
@@ -775,7 +799,7 @@ pub(super) async fn audio(
             let headers = response.headers_mut();
             headers.insert(
                 header::CONTENT_TYPE,
-                header::HeaderValue::from_static(content_type_of(&row.audio.container)),
+                header::HeaderValue::from_static(content_type_of(&row.audio)),
             );
             headers.insert(
                 header::ACCEPT_RANGES,
@@ -796,6 +820,18 @@ pub(super) async fn audio(
         header::CACHE_CONTROL,
         header::HeaderValue::from_static("no-store"),
     );
+    // Played in place by a browser; saved under the recording's id, never a caller's number.
+    let extension = match wav {
+        true => "wav",
+        false => extension_of(&row.audio),
+    };
+    if let Ok(value) =
+        header::HeaderValue::from_str(&format!("inline; filename=\"{id}.{extension}\""))
+    {
+        response
+            .headers_mut()
+            .insert(header::CONTENT_DISPOSITION, value);
+    }
     Ok(response)
 }
 
