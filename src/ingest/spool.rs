@@ -27,7 +27,8 @@
 //!   file left open but idle for `RECENT_WRITE` while callguard was not watching it (down, or
 //!   events lost) is taken as it is.
 //! - An audio file with **neither sidecar nor FreePBX name** waits for its sidecar; after
-//!   `GRACE_PERIOD` without change (counted from when callguard first saw it) and while not
+//!   `GRACE_PERIOD` without change (counted from its modification time when callguard found it
+//!   without events, so a restart does not start the wait again) and while not
 //!   `Writing`, it goes to quarantine ("no sidecar and not a FreePBX/Asterisk file name"). A
 //!   **sidecar without audio** waits as long; then it is removed if its call is already stored
 //!   (a crash between the two unlinks), else quarantined.
@@ -310,8 +311,9 @@ enum Signal {
     WatchGone,
 }
 
-/// The `stat` facts the completion rules use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The `stat` facts the completion rules use. Two stats are the same file unchanged when
+/// they are equal; `age` (it grows) is left out of that.
+#[derive(Debug, Clone, Copy)]
 struct Stat {
     len: u64,
     mtime: Option<SystemTime>,
@@ -321,7 +323,30 @@ struct Stat {
     /// Modified less than `RECENT_WRITE` before the stat (wall clock): a writer may still
     /// hold it, between two writes, so the quiet rule does not take it yet.
     written_lately: bool,
+    /// Time since the last modification (wall clock; zero if in the future or unknown): a file
+    /// found at start has waited that long already, which counts toward `GRACE_PERIOD`.
+    age: Duration,
 }
+
+impl PartialEq for Stat {
+    fn eq(&self, other: &Stat) -> bool {
+        (
+            self.len,
+            self.mtime,
+            self.ino,
+            self.is_file,
+            self.written_lately,
+        ) == (
+            other.len,
+            other.mtime,
+            other.ino,
+            other.is_file,
+            other.written_lately,
+        )
+    }
+}
+
+impl Eq for Stat {}
 
 /// What the watcher knows about one file, from events and stats.
 #[derive(Debug, Clone)]
@@ -560,7 +585,15 @@ impl Tracker {
                 entry.changed_at = now;
                 Some((stat, now, now))
             }
-            None => Some((stat, now, now)),
+            None => {
+                // First seen without any event (present at start, or after lost events): it
+                // has been unchanged since its mtime, so restarts do not reset its grace period.
+                if entry.events == EventState::Unknown {
+                    let since = now.checked_sub(stat.age.min(GRACE_PERIOD)).unwrap_or(now);
+                    entry.changed_at = entry.changed_at.min(since);
+                }
+                Some((stat, now, now))
+            }
         };
     }
 
@@ -1413,12 +1446,16 @@ async fn stat(path: &Path) -> Option<Stat> {
                 Ok(age) => age < RECENT_WRITE,
                 Err(ahead) => ahead.duration() < Duration::from_secs(60),
             });
+            let age = mtime
+                .and_then(|mtime| mtime.elapsed().ok())
+                .unwrap_or_default();
             Some(Stat {
                 len: metadata.len(),
                 mtime,
                 ino: metadata.ino(),
                 is_file: metadata.is_file(),
                 written_lately,
+                age,
             })
         }
         Err(error) => {
@@ -1564,6 +1601,12 @@ mod tests {
                         ino: 7,
                         is_file: true,
                         written_lately: words.get(5) == Some(&"lately"),
+                        age: words
+                            .get(5)
+                            .and_then(|word| word.strip_prefix("age="))
+                            .map_or(Duration::ZERO, |secs| {
+                                Duration::from_secs(secs.parse().unwrap())
+                            }),
                     };
                     tracker.observe(&arg(2), Some(stat), now);
                 }
@@ -1574,6 +1617,7 @@ mod tests {
                         ino: 8,
                         is_file: false,
                         written_lately: false,
+                        age: Duration::ZERO,
                     };
                     tracker.observe(&arg(2), Some(stat), now);
                 }
@@ -1857,6 +1901,18 @@ mod tests {
              300 close call-9.json
              300 due",
             "300 due: take call-9.wav + call-9.json",
+        );
+        // Found at start, it has waited since its mtime: a restart does not start the wait
+        // again.
+        check(
+            "0 stat call-8.wav 100 50 age=590
+             0 due
+             9 stat call-8.wav 100 50
+             11 due",
+            "0 due: -
+             11 due: quarantine call-8.wav: no sidecar and not a FreePBX/Asterisk file name \
+             (expected 6 fields `type-to-from-YYYYMMDD-HHMMSS-uniqueid` before the extension, \
+             found 2)",
         );
         // Any other name is never left behind silently: taken with its sidecar (then probed
         // by its content), or quarantined after the grace period.
