@@ -263,6 +263,26 @@ fn purge(
         now,
         dry_run,
     )?;
+    // The run itself is an administrator's act: audited even when it deletes nothing (each
+    // deletion has its own entry).
+    let summary = format!(
+        "{}{} deleted, {} kept past retention (held), {} quarantined files expired, {} audit \
+         entries pruned",
+        if dry_run { "dry run: would have " } else { "" },
+        report.deleted.len(),
+        report.kept.len(),
+        report.quarantine_expired,
+        report.audit_pruned
+    );
+    let draft = crate::audit::chain::AuditDraft::new(
+        actor,
+        "",
+        "purge.run",
+        "",
+        crate::audit::chain::Outcome::Allowed,
+    )
+    .detail(summary);
+    catalog.audit(draft, clock.now())?;
     let verb = match dry_run {
         true => "would delete",
         false => "deleted",
