@@ -176,6 +176,31 @@ fn audit_verify_detects_tampering_and_names_the_entry() {
 }
 
 #[test]
+fn audit_export_bounds_are_both_included_and_take_dates() {
+    let setup = Setup::new("");
+    let (_, out, _) = setup.cli(&["audit", "export"]);
+    let first: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    let at = first["at"].as_str().unwrap().to_owned();
+    let day = &at[..10];
+    let count = |args: &[&str]| {
+        let mut all = vec!["audit", "export"];
+        all.extend_from_slice(args);
+        let (code, out, err) = setup.cli(&all);
+        assert_eq!(code, 0, "{err}");
+        out.lines()
+            .filter(|line| line.contains(&format!("\"at\":\"{at}\"")))
+            .count()
+    };
+    let total = count(&[]);
+    assert!(total >= 1);
+    assert_eq!(count(&["--from", &at, "--to", &at]), total);
+    assert_eq!(count(&["--from", day, "--to", day]), total);
+    let (code, _, err) = setup.cli(&["audit", "export", "--from", "yesterday"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("nor a date"), "{err}");
+}
+
+#[test]
 fn audit_verify_detects_entries_cut_off_the_end() {
     let setup = Setup::new("");
     let db = open_raw(&setup.data.join("catalog.sqlite"));

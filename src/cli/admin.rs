@@ -91,9 +91,10 @@ pub(super) fn run(
                     Err(error) => Err(anyhow::Error::new(error).context("audit chain broken")),
                 },
                 AuditCommand::Export { from, to } => {
+                    // Both bounds included.
                     let filter = AuditFilter {
-                        from,
-                        to,
+                        from: from.map(super::TimeBound::start),
+                        to: to.map(super::TimeBound::end_exclusive),
                         actor: None,
                         action: None,
                         object: None,

@@ -110,10 +110,13 @@ pub enum AuditCommand {
     Verify,
     /// Print entries as JSON lines.
     Export {
-        #[arg(long, value_name = "RFC3339")]
-        from: Option<jiff::Timestamp>,
-        #[arg(long, value_name = "RFC3339")]
-        to: Option<jiff::Timestamp>,
+        /// First instant included: RFC 3339 (`2026-12-01T08:00:00Z`), or a date (`2026-12-01`:
+        /// from its start, UTC).
+        #[arg(long, value_name = "TIME", value_parser = parse_bound)]
+        from: Option<TimeBound>,
+        /// Last instant included: RFC 3339, to the second, or a date (to its end, UTC).
+        #[arg(long, value_name = "TIME", value_parser = parse_bound)]
+        to: Option<TimeBound>,
     },
 }
 
@@ -241,6 +244,52 @@ fn init_tracing(service: bool) {
             .with_writer(std::io::stderr)
             .try_init(),
     };
+}
+
+/// A time bound of `audit export`: an instant, or a whole day (UTC).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeBound {
+    Instant(jiff::Timestamp),
+    Day(jiff::civil::Date),
+}
+
+impl TimeBound {
+    /// The first instant the bound includes, as a `from`.
+    pub fn start(self) -> jiff::Timestamp {
+        match self {
+            TimeBound::Instant(at) => at,
+            TimeBound::Day(day) => day
+                .to_zoned(jiff::tz::TimeZone::UTC)
+                .map_or(jiff::Timestamp::MIN, |zoned| zoned.timestamp()),
+        }
+    }
+
+    /// The first instant after the bound, as an exclusive `to`: the next second, or the next
+    /// day's start.
+    pub fn end_exclusive(self) -> jiff::Timestamp {
+        match self {
+            TimeBound::Instant(at) => at
+                .checked_add(jiff::SignedDuration::from_secs(1))
+                .unwrap_or(jiff::Timestamp::MAX),
+            TimeBound::Day(day) => match day.tomorrow() {
+                Ok(next) => TimeBound::Day(next).start(),
+                Err(_) => jiff::Timestamp::MAX,
+            },
+        }
+    }
+}
+
+/// `--from`/`--to`: RFC 3339, or a date alone.
+fn parse_bound(text: &str) -> Result<TimeBound, String> {
+    if let Ok(at) = text.parse::<jiff::Timestamp>() {
+        return Ok(TimeBound::Instant(at));
+    }
+    match text.parse::<jiff::civil::Date>() {
+        Ok(day) if text.len() == 10 => Ok(TimeBound::Day(day)),
+        _ => Err(format!(
+            "`{text}` is neither an RFC 3339 time (2026-12-01T08:00:00Z) nor a date (2026-12-01)"
+        )),
+    }
 }
 
 /// `--role`: a role's name; anything else is a usage error (exit 2), named with the choices.
