@@ -8,7 +8,6 @@ use crate::audit::AuditReceipt;
 use crate::audit::chain::{AuditDraft, Outcome};
 use crate::catalog::alarms::SealedContacts;
 use crate::catalog::{Catalog, CatalogError};
-use crate::ingest::ACCOUNT_DOMAIN;
 use crate::ingest::metadata::PhoneNumber;
 use crate::keyring::Keyring;
 use crate::vault::keys::KeyError;
@@ -137,7 +136,7 @@ pub fn replace(
     role: &str,
     now: jiff::Timestamp,
 ) -> Result<u64, ContactError> {
-    let account_hmac = keyring.digest(ACCOUNT_DOMAIN, account);
+    let account_hmac = crate::ingest::account_digest(keyring, account);
     let list = list.filter(|l| !l.is_empty());
     let sealed = match list {
         Some(contacts) => {

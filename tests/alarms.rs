@@ -260,10 +260,11 @@ fn a_case_closes_itself_after_max_open_and_a_missing_device_is_survived() {
         let response = source
             .post_json(
                 "/v1/alarms",
-                &serde_json::json!({"account": "BEEF", "event": "R110"}),
+                &serde_json::json!({"account": "beef", "event": "R110"}),
             )
             .await
             .unwrap();
+        // The same account however it is written: it joins the case `BEEF` opened.
         assert_eq!(response.json()["action"], "joined");
         let bad = source
             .post_json(

@@ -8,7 +8,6 @@ use crate::alarms::frame::EventCode;
 use crate::audit::chain::{AuditDraft, Outcome};
 use crate::catalog::alarms::{CaseChange, CaseListing, CaseRow, EventRow};
 use crate::catalog::{Catalog, CatalogError};
-use crate::ingest::ACCOUNT_DOMAIN;
 use crate::keyring::Keyring;
 use crate::vault::BlobId;
 use crate::vault::keys::KeyError;
@@ -137,7 +136,7 @@ impl Cases<'_> {
             line,
             at,
         } = *incoming;
-        let account_hmac = self.keyring.digest(ACCOUNT_DOMAIN, account);
+        let account_hmac = crate::ingest::account_digest(self.keyring, account);
         let event = EventRow {
             at,
             code: code.to_string(),

@@ -34,6 +34,14 @@ use crate::vault::{BlobId, Vault, VaultError};
 /// HMAC domains of the other lookup digests.
 pub const CALLEE_DOMAIN: &str = "callee";
 pub const ACCOUNT_DOMAIN: &str = "account";
+
+/// The lookup digest of a client account, the same however it is written: receivers send
+/// Contact ID accounts in capitals (`BEEF`), an alarm-management system or the contracts
+/// system may not (`beef`, ` BEEF `). Recordings, holds, alarm cases and trusted contacts all
+/// find an account through this.
+pub fn account_digest(keyring: &Keyring, account: &str) -> [u8; 32] {
+    keyring.digest(ACCOUNT_DOMAIN, &account.trim().to_ascii_uppercase())
+}
 pub const OPERATOR_DOMAIN: &str = "operator";
 
 /// How far ahead of the server's clock a call may say it started.
@@ -329,7 +337,7 @@ impl Pipeline {
             account_hmac: meta
                 .account
                 .as_deref()
-                .map(|a| self.keyring.digest(ACCOUNT_DOMAIN, a)),
+                .map(|a| account_digest(&self.keyring, a)),
             operator_hmac: meta
                 .operator
                 .as_deref()

@@ -26,7 +26,7 @@ use crate::config::RetentionConfig;
 use crate::config::units::Period;
 use crate::ingest::metadata::{CallMetadata, Direction, PhoneNumber};
 use crate::ingest::probe::FormatHint;
-use crate::ingest::{ACCOUNT_DOMAIN, Admission, Pipeline, Sender};
+use crate::ingest::{Admission, Pipeline, Sender};
 use crate::keyring::Keyring;
 use crate::metrics::Metrics;
 use crate::objections::{CALL_ID_DOMAIN, CALLER_DOMAIN, Objections, Source};
@@ -719,7 +719,10 @@ fn apply(model: &mut Model, real: &mut Real, op: &Op) -> Result<bool, TestCaseEr
             let (model_selector, selector) = match pick {
                 Pick::Account(a) => (
                     ModelSelector::Account(*a),
-                    HoldSelector::Account(real.keyring.digest(ACCOUNT_DOMAIN, ACCOUNTS[*a])),
+                    HoldSelector::Account(crate::ingest::account_digest(
+                        &real.keyring,
+                        ACCOUNTS[*a],
+                    )),
                 ),
                 Pick::Caller(c) => (
                     ModelSelector::Caller(*c),

@@ -19,7 +19,7 @@ use crate::catalog::policy::{Deletion, HoldRow, HoldSelector};
 use crate::catalog::recordings::{Lookup, RecordingFilter};
 use crate::catalog::{AuditFilter, Catalog, CatalogError};
 use crate::ingest::metadata::PhoneNumber;
-use crate::ingest::{ACCOUNT_DOMAIN, open_personal};
+use crate::ingest::open_personal;
 use crate::objections::{CALLER_DOMAIN, Objections, Source};
 use crate::retention::purge::unlink_and_checkpoint;
 use crate::vault::BlobId;
@@ -288,7 +288,7 @@ pub(super) async fn hold_place(
                 .as_str()
                 .filter(|a| !a.is_empty())
                 .ok_or_else(|| ApiError::BadRequest("`account` must be a string".into()))?;
-            HoldSelector::Account(state.keyring.digest(ACCOUNT_DOMAIN, account))
+            HoldSelector::Account(crate::ingest::account_digest(&state.keyring, account))
         }
         (None, None, Some(number), None, None) => {
             let number = phone(number.as_str().unwrap_or(""), "selector.caller")?;

@@ -25,9 +25,7 @@ use crate::catalog::recordings::{
 };
 use crate::ingest::metadata::{CallMetadata, MAX_METADATA_BYTES, PhoneNumber};
 use crate::ingest::probe::FormatHint;
-use crate::ingest::{
-    ACCOUNT_DOMAIN, Admission, IngestError, OPERATOR_DOMAIN, Sender, open_personal,
-};
+use crate::ingest::{Admission, IngestError, OPERATOR_DOMAIN, Sender, open_personal};
 use crate::objections::{CALL_ID_DOMAIN, CALLER_DOMAIN};
 use crate::retention::purge::unlink_and_checkpoint;
 use crate::vault::BlobId;
@@ -344,7 +342,7 @@ pub(super) fn filter_of(state: &AppState, request: &Request) -> Result<Recording
         to: time_param(request, "to")?,
         account_hmac: request
             .param("account")
-            .map(|a| state.keyring.digest(ACCOUNT_DOMAIN, a)),
+            .map(|a| crate::ingest::account_digest(&state.keyring, a)),
         caller_hmac: caller,
         operator_hmac: request
             .param("operator")
