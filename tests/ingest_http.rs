@@ -516,6 +516,23 @@ fn every_format_is_stored_as_sent_and_served_whole_by_range_and_as_wav() {
             } else {
                 assert_eq!(wav.status, 200, "{name}: {:?}", wav.body);
                 n_reads += 1;
+                // A player seeking: a range of the WAV is exactly those bytes of it.
+                let seek = get_with(
+                    &supervisor,
+                    &format!("{}&format=wav", audio_path(&id, "quality_review")),
+                    &[("range", "bytes=100-4195")],
+                )
+                .await;
+                assert_eq!(seek.status, 206, "{name}: {:?}", seek.body);
+                n_reads += 1;
+                let wav_len = wav.body.len();
+                let last = 4195.min(wav_len - 1);
+                assert!(seek.body[..] == wav.body[100..=last], "{name}: WAV range");
+                assert_eq!(
+                    header(&seek, "content-range"),
+                    format!("bytes 100-{last}/{wav_len}"),
+                    "{name}"
+                );
                 let parsed = audio::parse_pcm16_wav(&wav.body)
                     .unwrap_or_else(|why| panic!("{name}: format=wav is not a PCM16 WAV: {why}"));
                 assert_eq!(parsed.sample_rate, case.audio.sample_rate, "{name}");

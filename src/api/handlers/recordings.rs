@@ -592,6 +592,38 @@ fn content_type_of(audio: &AudioFacts) -> &'static str {
     }
 }
 
+/// Passes on the bytes of `[start, end_exclusive)` of what is written through it, and stops
+/// the writer (an error) once past the end.
+struct Window {
+    inner: ChannelWriter,
+    /// Bytes written through so far.
+    position: u64,
+    start: u64,
+    end_exclusive: u64,
+}
+
+impl std::io::Write for Window {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if self.position >= self.end_exclusive {
+            return Err(std::io::Error::other("range sent"));
+        }
+        let from = self.position;
+        let to = from + data.len() as u64;
+        let keep_from = self.start.max(from).min(to);
+        let keep_to = self.end_exclusive.min(to);
+        if keep_from < keep_to {
+            let slice = &data[(keep_from - from) as usize..(keep_to - from) as usize];
+            self.inner.write_all(slice)?;
+        }
+        self.position = to;
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 /// The file extension of a stored recording's original bytes (downloads, exports).
 pub(super) fn extension_of(audio: &AudioFacts) -> &'static str {
     match (audio.container.as_str(), audio.codec.as_str()) {
@@ -689,20 +721,21 @@ pub(super) async fn audio(
             )));
         }
     };
-    let range = match (
-        wav,
-        request
-            .headers
-            .get(header::RANGE)
-            .and_then(|v| v.to_str().ok()),
-    ) {
-        (false, Some(text)) => parse_range(text, row.size)?,
-        _ => None,
+    // Ranges of the original bytes, or of the WAV (a player seeking in it): the WAV's length is
+    // known before transcoding.
+    let range = match request
+        .headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(text) => parse_range(text, wav_len.unwrap_or(row.size))?,
+        None => None,
     };
 
     // The read is audited (and committed) before a byte leaves the vault.
     let detail = match (wav, range) {
-        (true, _) => "format=wav".to_owned(),
+        (true, Some((start, end))) => format!("format=wav bytes {start}-{end}"),
+        (true, None) => "format=wav".to_owned(),
         (false, Some((start, end))) => format!("bytes {start}-{end}"),
         (false, None) => "original".to_owned(),
     };
@@ -734,10 +767,17 @@ pub(super) async fn audio(
     match (wav_len, info) {
         (Some(len), Some(info)) => {
             let hint = FormatHint { extension: None };
+            let (start, end) = range.unwrap_or((0, len.saturating_sub(1)));
             tokio::task::spawn_blocking(move || {
-                let mut writer = ChannelWriter {
-                    tx: tx.clone(),
-                    buffer: Vec::with_capacity(64 * 1024),
+                // The WAV is made from its start; bytes outside the range are dropped.
+                let mut writer = Window {
+                    inner: ChannelWriter {
+                        tx: tx.clone(),
+                        buffer: Vec::with_capacity(64 * 1024),
+                    },
+                    position: 0,
+                    start,
+                    end_exclusive: end + 1,
                 };
                 let result = crate::ingest::transcode::transcode_to_wav(
                     Box::new(reader),
@@ -746,10 +786,20 @@ pub(super) async fn audio(
                     &mut writer,
                 )
                 .map_err(|e| std::io::Error::other(e.to_string()))
-                .and_then(|_| writer.flush());
-                if let Err(error) = result {
-                    tracing::warn!(recording = %id, %error, "playback transcoding failed mid-stream");
-                    let _ = tx.blocking_send(Err(error));
+                .and_then(|_| writer.inner.flush());
+                match result {
+                    // The range ended: the rest of the transcoding was not needed.
+                    Err(error)
+                        if writer.position >= writer.end_exclusive
+                            && writer.inner.flush().is_ok() =>
+                    {
+                        tracing::debug!(recording = %id, %error, "playback range sent");
+                    }
+                    Err(error) => {
+                        tracing::warn!(recording = %id, %error, "playback transcoding failed mid-stream");
+                        let _ = tx.blocking_send(Err(error));
+                    }
+                    Ok(()) => {}
                 }
             });
             let headers = response.headers_mut();
@@ -757,7 +807,23 @@ pub(super) async fn audio(
                 header::CONTENT_TYPE,
                 header::HeaderValue::from_static("audio/wav"),
             );
-            headers.insert(header::CONTENT_LENGTH, header::HeaderValue::from(len));
+            headers.insert(
+                header::ACCEPT_RANGES,
+                header::HeaderValue::from_static("bytes"),
+            );
+            let sent = match len {
+                0 => 0,
+                _ => end - start + 1,
+            };
+            headers.insert(header::CONTENT_LENGTH, header::HeaderValue::from(sent));
+            if range.is_some() {
+                *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+                if let Ok(value) =
+                    header::HeaderValue::from_str(&format!("bytes {start}-{end}/{len}"))
+                {
+                    response.headers_mut().insert(header::CONTENT_RANGE, value);
+                }
+            }
         }
         _ => {
             let (start, end) = range.unwrap_or((0, row.size.saturating_sub(1)));
