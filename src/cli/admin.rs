@@ -2,7 +2,7 @@
 //! report, purge, quarantine. Each one opens the catalog itself (the service may be running:
 //! SQLite serialises writers) and audits as `local:<unix user>`.
 
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
@@ -168,8 +168,15 @@ fn init(
         }
     }
     let key_path = config.keys.master_key.path();
-    if let Some(parent) = key_path.parent() {
-        std::fs::create_dir_all(parent)
+    if let Some(parent) = key_path.parent()
+        && !parent.as_os_str().is_empty()
+        && !parent.exists()
+    {
+        // Created private whatever the umask; an existing directory is left as it is.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)
             .with_context(|| format!("cannot create {}", parent.display()))?;
     }
     let created = dev::write_master_key_if_absent(key_path)?;
