@@ -300,9 +300,13 @@ fn purge(
     }
     for (id, why) in &report.kept {
         match why {
-            crate::retention::Keep::Held(holds) => {
-                say!("kept\t{id}\theld by {}", holds.join(", "))
-            }
+            crate::retention::Keep::Held(holds) => match report.deferred.get(id) {
+                Some(reason) => say!(
+                    "kept\t{id}\theld by {} ({reason} deletion deferred until release)",
+                    holds.join(", ")
+                ),
+                None => say!("kept\t{id}\theld by {}", holds.join(", ")),
+            },
             crate::retention::Keep::NotExpired => say!("kept\t{id}\tnot expired"),
         }
     }

@@ -29,6 +29,9 @@ pub struct PurgeReport {
     pub deleted: Vec<(BlobId, String)>,
     /// Expired (or deletion-pending) recordings kept, and why.
     pub kept: Vec<(BlobId, Keep)>,
+    /// Of those, the ones whose deletion waits for their holds, and its reason (an objection,
+    /// an erasure): carried out at the last release.
+    pub deferred: std::collections::HashMap<BlobId, String>,
     pub quarantine_expired: usize,
     pub audit_pruned: u64,
 }
@@ -133,7 +136,12 @@ fn walk(
                 now,
             ) {
                 Decision::Delete(reason) => batch.push((candidate.id, reason)),
-                Decision::Keep(why) => report.kept.push((candidate.id, why)),
+                Decision::Keep(why) => {
+                    if let Some(reason) = &candidate.pending_deletion {
+                        report.deferred.insert(candidate.id, reason.clone());
+                    }
+                    report.kept.push((candidate.id, why))
+                }
             }
         }
         if dry_run {
