@@ -56,44 +56,46 @@ pub(crate) fn append(
 
 /// The head written with the last entry appended (see `append`).
 pub(crate) fn recorded_head(conn: &Connection) -> Result<Option<(u64, [u8; 32])>, CatalogError> {
-    let row: Option<(i64, Vec<u8>)> = conn
-        .prepare_cached("SELECT seq, hash FROM audit_head WHERE id = 1")
-        .and_then(|mut stmt| {
-            stmt.query_row([], |row| Ok((row.get(0)?, row.get(1)?)))
-                .optional()
-        })
-        .map_err(sql("audit head"))?;
-    match row {
-        Some((seq, hash)) => Ok(Some((seq as u64, digest(hash, "audit head")?))),
-        None => Ok(None),
-    }
+    seq_and_hash(
+        conn,
+        "SELECT seq, hash FROM audit_head WHERE id = 1",
+        "audit head",
+    )
 }
 
+/// The newest entry left in the table.
 pub(crate) fn head(conn: &Connection) -> Result<Option<(u64, [u8; 32])>, CatalogError> {
+    seq_and_hash(
+        conn,
+        "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
+        "audit hash",
+    )
+}
+
+/// Where the chain starts once old entries were pruned.
+pub(crate) fn anchor(conn: &Connection) -> Result<Option<(u64, [u8; 32])>, CatalogError> {
+    seq_and_hash(
+        conn,
+        "SELECT seq, hash FROM audit_anchor WHERE id = 1",
+        "audit anchor",
+    )
+}
+
+/// The one `(seq, hash)` row `query` selects, if any.
+fn seq_and_hash(
+    conn: &Connection,
+    query: &str,
+    what: &'static str,
+) -> Result<Option<(u64, [u8; 32])>, CatalogError> {
     let row: Option<(i64, Vec<u8>)> = conn
-        .prepare_cached("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
+        .prepare_cached(query)
         .and_then(|mut stmt| {
             stmt.query_row([], |row| Ok((row.get(0)?, row.get(1)?)))
                 .optional()
         })
-        .map_err(sql("audit head"))?;
+        .map_err(sql(what))?;
     match row {
-        Some((seq, hash)) => Ok(Some((seq as u64, digest(hash, "audit hash")?))),
-        None => Ok(None),
-    }
-}
-
-pub(crate) fn anchor(conn: &Connection) -> Result<Option<(u64, [u8; 32])>, CatalogError> {
-    let row: Option<(i64, Vec<u8>)> = conn
-        .query_row(
-            "SELECT seq, hash FROM audit_anchor WHERE id = 1",
-            [],
-            |row| Ok((row.get(0)?, row.get(1)?)),
-        )
-        .optional()
-        .map_err(sql("audit anchor"))?;
-    match row {
-        Some((seq, hash)) => Ok(Some((seq as u64, digest(hash, "audit anchor")?))),
+        Some((seq, hash)) => Ok(Some((seq as u64, digest(hash, what)?))),
         None => Ok(None),
     }
 }
