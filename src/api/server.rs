@@ -162,13 +162,17 @@ async fn handle(
     let role = match role {
         Ok(Some(role)) => role,
         Ok(None) => {
-            deny(&state, &cn, "", &endpoint, "certificate CN has no role").await;
-            return finish(&state, name, started, Err(ApiError::UnknownIdentity));
+            let refusal = match deny(&state, &cn, "", &endpoint, "certificate CN has no role").await
+            {
+                Ok(()) => ApiError::UnknownIdentity,
+                Err(unaudited) => unaudited,
+            };
+            return finish(&state, name, started, Err(refusal));
         }
         Err(error) => return finish(&state, name, started, Err(ApiError::from(error))),
     };
     if !endpoint.allowed_roles().contains(&role) {
-        deny(
+        let audited = deny(
             &state,
             &cn,
             role.as_str(),
@@ -176,10 +180,13 @@ async fn handle(
             "role not allowed on this endpoint",
         )
         .await;
-        let refusal = ApiError::Forbidden(format!(
-            "role `{role}` may not call {} {}",
-            parts.method, name
-        ));
+        let refusal = match audited {
+            Ok(()) => ApiError::Forbidden(format!(
+                "role `{role}` may not call {} {}",
+                parts.method, name
+            )),
+            Err(unaudited) => unaudited,
+        };
         return finish(&state, name, started, Err(refusal));
     }
     let query = match parse_query(parts.uri.query()) {
@@ -197,8 +204,16 @@ async fn handle(
     finish(&state, name, started, result)
 }
 
-/// Audits a refused request. If the entry cannot be written the request is still refused.
-async fn deny(state: &Arc<AppState>, cn: &str, role: &str, endpoint: &Endpoint, why: &str) {
+/// Audits a refused request (guarantee 8). If the entry cannot be written (a full disk), the
+/// request is refused all the same, with the catalog's error (`507`) instead of the refusal:
+/// no refusal goes unaudited, and the client retries later.
+async fn deny(
+    state: &Arc<AppState>,
+    cn: &str,
+    role: &str,
+    endpoint: &Endpoint,
+    why: &str,
+) -> Result<(), ApiError> {
     let draft = AuditDraft::new(
         cn,
         role,
@@ -208,12 +223,16 @@ async fn deny(state: &Arc<AppState>, cn: &str, role: &str, endpoint: &Endpoint, 
     )
     .detail(why);
     let now = state.clock.now();
-    if let Err(error) = state
+    match state
         .catalog
         .call(move |catalog| catalog.audit(draft, now))
         .await
     {
-        tracing::error!(%error, "cannot audit a denied request");
+        Ok(_) => Ok(()),
+        Err(error) => {
+            tracing::error!(%error, "cannot audit a denied request");
+            Err(ApiError::from(error))
+        }
     }
 }
 

@@ -274,7 +274,7 @@ fn purge(
     // The run itself is an administrator's act: audited even when it deletes nothing (each
     // deletion has its own entry).
     let summary = format!(
-        "{}{} deleted, {} kept past retention (held), {} quarantined files expired, {} audit \
+        "{}{} deleted, {} kept by holds (expired or with a deferred deletion), {} quarantined files expired, {} audit \
          entries pruned",
         if dry_run { "dry run: would have " } else { "" },
         report.deleted.len(),
@@ -311,7 +311,7 @@ fn purge(
         }
     }
     say!(
-        "{} recordings {}, {} kept past retention (held){}",
+        "{} recordings {}, {} kept by holds (expired or with a deferred deletion){}",
         report.deleted.len(),
         match dry_run {
             true => "would be deleted",
