@@ -480,6 +480,8 @@ fn a_full_catalog_answers_507_rolls_back_and_works_again_when_space_returns() {
         assert_full(&ok("hold", legal.post_json("/v1/holds", &hold)).await);
         assert_full(&ok("objection", dpo.post_json("/v1/objections", &objection)).await);
         assert_full(&upload(&recorder, "second", &second).await);
+        // A refusal must be audited too: it cannot be, so it is a 507, never an unaudited 403.
+        assert_full(&ok("refused", recorder.get("/v1/holds")).await);
         let holds = ok("holds", legal.get("/v1/holds")).await;
         assert_eq!(holds.status, 200, "{}", text(&holds));
         assert_eq!(holds.json()["items"], json!([]));
