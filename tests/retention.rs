@@ -515,6 +515,25 @@ fn a_deleted_call_is_not_stored_again_and_refused_reads_are_audited() {
         assert_eq!(response.status, 400);
         let message = response.json()["error"]["message"].as_str().unwrap().to_owned();
         assert!(message.contains("unknown key `includeFuture`"), "{message}");
+        // A hold naming a recording that does not exist, or was deleted, is not placed.
+        let response = legal
+            .post_json(
+                "/v1/holds",
+                &serde_json::json!({"case_ref": "RG 2", "reason": "r", "selector": {"recording_ids": [live, "0123456789abcdef0123456789abcdef"]}}),
+            )
+            .await
+            .unwrap();
+        assert_eq!((response.status, response.code().as_str()), (404, "not_found"));
+        let response = legal
+            .post_json(
+                "/v1/holds",
+                &serde_json::json!({"case_ref": "RG 3", "reason": "r", "selector": {"recording_ids": [id]}}),
+            )
+            .await
+            .unwrap();
+        assert_eq!((response.status, response.code().as_str()), (410, "deleted"));
+        let holds = legal.get("/v1/holds").await.unwrap().json();
+        assert_eq!(holds["items"], serde_json::json!([]), "{holds}");
 
         // Subject access finds the person on either end of the call: `live` was received by
         // 01 45 67 89 00. The search filter stays the caller.

@@ -30,6 +30,8 @@ pub enum ApiError {
     MethodNotAllowed(Vec<&'static str>),
     NoOpenAlarm,
     NotFound,
+    /// `404 not_found` saying what was not found.
+    NotFoundWhat(String),
     NotImplemented(&'static str),
     PayloadTooLarge(u64),
     PurposeNotAllowed(String),
@@ -58,7 +60,7 @@ impl ApiError {
             ApiError::InvalidMetadata(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::NoOpenAlarm => StatusCode::FORBIDDEN,
-            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::NotFound | ApiError::NotFoundWhat(_) => StatusCode::NOT_FOUND,
             ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::PurposeNotAllowed(_) => StatusCode::FORBIDDEN,
@@ -87,7 +89,7 @@ impl ApiError {
             ApiError::InvalidMetadata(_) => "invalid_metadata",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::NoOpenAlarm => "no_open_alarm",
-            ApiError::NotFound => "not_found",
+            ApiError::NotFound | ApiError::NotFoundWhat(_) => "not_found",
             ApiError::NotImplemented(_) => "not_implemented",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::PurposeNotAllowed(_) => "purpose_not_allowed",
@@ -131,6 +133,7 @@ impl ApiError {
                     .into()
             }
             ApiError::NotFound => "no such resource".into(),
+            ApiError::NotFoundWhat(what) => what.clone(),
             ApiError::NotImplemented(what) => format!("{what} is not available in this version"),
             ApiError::PayloadTooLarge(limit) => {
                 format!("the body exceeds the limit of {limit} bytes")

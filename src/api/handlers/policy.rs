@@ -318,6 +318,32 @@ pub(super) async fn hold_place(
             ));
         }
     };
+    // Named recordings must exist: a mistyped or already deleted id is refused (no hold is
+    // placed) rather than silently covering fewer recordings than legal asked for.
+    if let HoldSelector::Ids(ids) = &selector {
+        let ids = ids.clone();
+        let lookups = state
+            .catalog
+            .call(move |catalog| {
+                let mut out = Vec::new();
+                for id in ids {
+                    out.push((id, catalog.recording(&id)?));
+                }
+                Ok(out)
+            })
+            .await?;
+        for (id, lookup) in lookups {
+            match lookup {
+                Lookup::Found(_) => {}
+                Lookup::Deleted(tomb) => return Err(ApiError::Deleted(tomb)),
+                Lookup::NotFound => {
+                    return Err(ApiError::NotFoundWhat(format!(
+                        "recording {id} does not exist; no hold was placed"
+                    )));
+                }
+            }
+        }
+    }
     let id = format!("hold_{}", BlobId::generate());
     let now = state.clock.now();
     let hold_id = id.clone();
