@@ -239,6 +239,8 @@ fn retention_holds_objections_and_erasure_end_to_end() {
         assert_eq!(response.json()["recordings_deleted"], 2);
         let again = legal.post_json(&format!("/v1/holds/{hold_id}/release"), &serde_json::json!({"reason": "twice"})).await.unwrap();
         assert_eq!((again.status, again.code().as_str()), (409, "already_released"));
+        let export = legal.get(&format!("/v1/holds/{hold_id}/export")).await.unwrap();
+        assert_eq!((export.status, export.code().as_str()), (409, "already_released"));
         assert!(!blob_exists(setup, &held_new) && !blob_exists(setup, &later));
         assert!(blob_exists(setup, &held_old));
         let (code, out, _) = setup.cli(&["purge"]);
@@ -550,5 +552,46 @@ fn a_deleted_call_is_not_stored_again_and_refused_reads_are_audited() {
             .unwrap()
             .json();
         assert_eq!(found["items"], serde_json::json!([]), "{found}");
+
+        // The subject's export carries what the DPO may read: an expired, unheld recording of
+        // theirs is left out, by id and why; the export itself is audited.
+        let old = stored(
+            &recorder,
+            meta("call-old", "2025-01-10T10:00:00Z", "0612345678", None),
+            &wav(4),
+        )
+        .await;
+        let export = dpo
+            .get("/v1/subjects/export?caller=0612345678")
+            .await
+            .unwrap();
+        assert_eq!(export.status, 200);
+        let mut archive = tar::Archive::new(export.body.as_ref());
+        let mut names = Vec::new();
+        let mut manifest = serde_json::Value::Null;
+        for entry in archive.entries().unwrap() {
+            let mut entry = entry.unwrap();
+            let name = entry.path().unwrap().to_string_lossy().into_owned();
+            if name == "manifest.json" {
+                let mut bytes = Vec::new();
+                entry.read_to_end(&mut bytes).unwrap();
+                manifest = serde_json::from_slice(&bytes).unwrap();
+            }
+            names.push(name);
+        }
+        assert_eq!(names, ["manifest.json".to_owned(), format!("{live}.wav")]);
+        assert_eq!(
+            manifest["left_out"],
+            serde_json::json!([{"id": old, "why": "retention period ended"}])
+        );
+        let entries = dpo
+            .get("/v1/audit?action=subject.export")
+            .await
+            .unwrap()
+            .json();
+        assert_eq!(
+            entries["items"][0]["detail"], "1 recordings exported, 1 left out",
+            "{entries}"
+        );
     });
 }

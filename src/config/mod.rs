@@ -258,7 +258,10 @@ impl Config {
                     push(key, format!("cannot read {}: {error}", path.display()));
                 }
             }
-            if let Err(reason) = permissions::check_secret_file_mode(&self.server.key) {
+            // (A missing key is already reported above, once.)
+            if self.server.key.exists()
+                && let Err(reason) = permissions::check_secret_file_mode(&self.server.key)
+            {
                 push("server.key", reason);
             }
         }

@@ -499,17 +499,38 @@ pub(super) async fn hold_export(
         .call(move |catalog| catalog.hold_get(&hold_id))
         .await?;
     let (hold, covered) = found.ok_or(ApiError::NotFound)?;
+    if let Some(at) = hold.released_at {
+        // Its recordings are no longer held (some may be gone): the evidence is exported while
+        // the hold is active.
+        return Err(ApiError::Conflict {
+            code: "already_released",
+            message: format!(
+                "hold {id} was released at {}: export a hold while it is active",
+                format_time(at)
+            ),
+        });
+    }
     let context = serde_json::json!({ "hold": hold_json(&hold) });
-    export(
-        state,
-        &request,
-        covered,
-        "litigation",
-        &format!("hold {id}"),
-        context,
-        &format!("{id}.tar"),
-    )
-    .await
+    let of = ExportOf {
+        purpose: "litigation",
+        action: "hold.export",
+        object: id.clone(),
+        what: format!("hold {id}"),
+        file_name: format!("{id}.tar"),
+    };
+    export(state, &request, covered, &of, context).await
+}
+
+/// What an export is, for its audit entries and its file.
+struct ExportOf {
+    /// The purpose each audio read is audited with.
+    purpose: &'static str,
+    /// The audit action of the export as a whole, and what it is about.
+    action: &'static str,
+    object: String,
+    /// Words for the reads' audit detail.
+    what: String,
+    file_name: String,
 }
 
 /// The digests of `number` as a caller and as a callee.
@@ -567,53 +588,98 @@ pub(super) async fn subject_export(
         })
         .await?;
     let context = serde_json::json!({ "subject": { "caller": number.as_str() } });
-    export(
-        state,
-        &request,
-        ids,
-        "data_subject_request",
-        "subject access request",
-        context,
-        "subject-export.tar",
-    )
-    .await
+    let of = ExportOf {
+        purpose: "data_subject_request",
+        action: "subject.export",
+        object: String::new(),
+        what: "subject access request".to_owned(),
+        file_name: "subject-export.tar".to_owned(),
+    };
+    export(state, &request, ids, &of, context).await
 }
 
 /// Streams a tar of `ids`' original audio plus `manifest.json` (metadata, SHA-256 recorded at
 /// ingest, the audit entries about each recording, the audit chain head). Each read is audited
-/// with `purpose` before the stream starts. Recordings no longer readable are listed as such.
+/// with `purpose` before the stream starts, and so is the export itself. Recordings the reader
+/// may not have (past retention and unheld, deletion pending, deleted) are listed under
+/// `left_out` with the reason, by id only.
 async fn export(
     state: &Arc<AppState>,
     request: &Request,
     ids: Vec<BlobId>,
-    purpose: &'static str,
-    what: &str,
+    of: &ExportOf,
     context: serde_json::Value,
-    file_name: &str,
 ) -> Result<Response<Body>, ApiError> {
     let caller = request.caller.clone();
     let now = state.clock.now();
-    let what = what.to_owned();
-    let (rows, receipts, audit_entries, head) = state
+    let (purpose, what) = (of.purpose, of.what.clone());
+    let (action, object) = (of.action, of.object.clone());
+    let (rows, receipts, audit_entries, head, left_out) = state
         .catalog
         .call(move |catalog| {
             let mut rows = Vec::new();
             let mut receipts = Vec::new();
+            // Recordings the export does not carry, and why: past retention and unheld, a
+            // deletion waiting for a hold (the reader's role decides, as for a single read),
+            // or deleted (with the tombstone). Ids only.
+            let mut left_out = Vec::new();
             for id in ids {
-                if let Lookup::Found(row) = catalog.recording(&id)? {
-                    let draft = AuditDraft::new(
-                        &caller.cn,
-                        caller.role.as_str(),
-                        "recording.read_audio",
-                        &id.to_string(),
-                        Outcome::Allowed,
-                    )
-                    .purpose(purpose)
-                    .detail(format!("export: {what}"));
-                    receipts.push(catalog.audit(draft, now)?);
-                    rows.push(*row);
+                match catalog.recording(&id)? {
+                    Lookup::Found(row) => {
+                        let holds = catalog.holds_of(&id)?;
+                        let pending = row.pending_deletion.is_some();
+                        if crate::retention::may_read(
+                            row.retain_until,
+                            pending,
+                            holds.len(),
+                            caller.role,
+                            now,
+                        )
+                        .is_err()
+                        {
+                            let why = match pending {
+                                true => "deletion pending",
+                                false => "retention period ended",
+                            };
+                            left_out.push(serde_json::json!({ "id": id.to_string(), "why": why }));
+                            continue;
+                        }
+                        let draft = AuditDraft::new(
+                            &caller.cn,
+                            caller.role.as_str(),
+                            "recording.read_audio",
+                            &id.to_string(),
+                            Outcome::Allowed,
+                        )
+                        .purpose(purpose)
+                        .detail(format!("export: {what}"));
+                        receipts.push(catalog.audit(draft, now)?);
+                        rows.push(*row);
+                    }
+                    Lookup::Deleted(tomb) => left_out.push(serde_json::json!({
+                        "id": tomb.id.to_string(),
+                        "why": "deleted",
+                        "deleted_at": format_time(tomb.deleted_at),
+                        "reason": tomb.reason,
+                    })),
+                    Lookup::NotFound => {}
                 }
             }
+            // The export itself, even when it carries nothing.
+            let draft = AuditDraft::new(
+                &caller.cn,
+                caller.role.as_str(),
+                action,
+                &object,
+                Outcome::Allowed,
+            )
+            .purpose(purpose)
+            .detail(format!(
+                "{} recordings exported, {} left out",
+                rows.len(),
+                left_out.len()
+            ));
+            catalog.audit(draft, now)?;
             let mut entries = Vec::new();
             for row in &rows {
                 let filter = AuditFilter {
@@ -628,7 +694,7 @@ async fn export(
                     entries.extend(batch);
                 }
             }
-            Ok((rows, receipts, entries, catalog.audit_head()?))
+            Ok((rows, receipts, entries, catalog.audit_head()?, left_out))
         })
         .await?;
     state
@@ -666,6 +732,7 @@ async fn export(
     manifest["exported_at"] = format_time(now).into();
     manifest["exported_by"] = request.caller.cn.clone().into();
     manifest["recordings"] = manifest_recordings.into();
+    manifest["left_out"] = left_out.into();
     manifest["audit_entries"] = audit_entries.iter().map(crate::audit::entry_json).collect();
     manifest["audit_head"] = match head {
         Some((seq, hash)) => serde_json::json!({ "seq": seq, "hash": hex::encode(hash) }),
@@ -714,7 +781,7 @@ async fn export(
         header::HeaderValue::from_static("no-store"),
     );
     if let Ok(value) =
-        header::HeaderValue::from_str(&format!("attachment; filename=\"{file_name}\""))
+        header::HeaderValue::from_str(&format!("attachment; filename=\"{}\"", of.file_name))
     {
         headers.insert(header::CONTENT_DISPOSITION, value);
     }
