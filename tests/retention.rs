@@ -533,9 +533,13 @@ fn a_deleted_call_is_not_stored_again_and_refused_reads_are_audited() {
             )
             .await
             .unwrap();
-        assert_eq!((response.status, response.code().as_str()), (410, "deleted"));
+        assert_eq!(response.status, 201, "{}", String::from_utf8_lossy(&response.body));
+        let placed = response.json();
+        assert_eq!(placed["recordings"], 0, "{placed}");
+        assert_eq!(placed["deleted"][0]["id"], id.as_str(), "{placed}");
+        assert_eq!(placed["deleted"][0]["reason"], "erasure", "{placed}");
         let holds = legal.get("/v1/holds").await.unwrap().json();
-        assert_eq!(holds["items"], serde_json::json!([]), "{holds}");
+        assert_eq!(holds["items"].as_array().unwrap().len(), 1, "{holds}");
 
         // Subject access finds the person on either end of the call: `live` was received by
         // 01 45 67 89 00. The search filter stays the caller.

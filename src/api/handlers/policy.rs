@@ -318,8 +318,10 @@ pub(super) async fn hold_place(
             ));
         }
     };
-    // Named recordings must exist: a mistyped or already deleted id is refused (no hold is
-    // placed) rather than silently covering fewer recordings than legal asked for.
+    // Named recordings must exist: a mistyped id is refused (no hold is placed). One already
+    // deleted cannot be held; the hold covers the others and the answer (and its audit entry)
+    // names the deleted ones with their tombstones, so legal sees the evidence is gone.
+    let mut deleted = Vec::new();
     if let HoldSelector::Ids(ids) = &selector {
         let ids = ids.clone();
         let lookups = state
@@ -335,7 +337,7 @@ pub(super) async fn hold_place(
         for (id, lookup) in lookups {
             match lookup {
                 Lookup::Found(_) => {}
-                Lookup::Deleted(tomb) => return Err(ApiError::Deleted(tomb)),
+                Lookup::Deleted(tomb) => deleted.push(tomb),
                 Lookup::NotFound => {
                     return Err(ApiError::NotFoundWhat(format!(
                         "recording {id} does not exist; no hold was placed"
@@ -344,6 +346,7 @@ pub(super) async fn hold_place(
             }
         }
     }
+    let n_deleted = deleted.len();
     let id = format!("hold_{}", BlobId::generate());
     let now = state.clock.now();
     let hold_id = id.clone();
@@ -358,7 +361,13 @@ pub(super) async fn hold_place(
                     &hold_id,
                     Outcome::Allowed,
                 )
-                .detail(format!("{n} recordings, include_future {include_future}"))
+                .detail(match n_deleted {
+                    0 => format!("{n} recordings, include_future {include_future}"),
+                    _ => format!(
+                        "{n} recordings, include_future {include_future}; {n_deleted} named \
+                         recordings already deleted"
+                    ),
+                })
             };
             catalog.hold_place(
                 &hold_id,
@@ -373,10 +382,20 @@ pub(super) async fn hold_place(
         })
         .await?;
     state.metrics.holds_active.inc();
-    Ok(json(
-        StatusCode::CREATED,
-        &serde_json::json!({ "id": id, "recordings": covered }),
-    ))
+    let mut answer = serde_json::json!({ "id": id, "recordings": covered });
+    if !deleted.is_empty() {
+        answer["deleted"] = deleted
+            .iter()
+            .map(|tomb| {
+                serde_json::json!({
+                    "id": tomb.id.to_string(),
+                    "deleted_at": format_time(tomb.deleted_at),
+                    "reason": tomb.reason,
+                })
+            })
+            .collect();
+    }
+    Ok(json(StatusCode::CREATED, &answer))
 }
 
 /// `GET /v1/holds` (legal, dpo).
