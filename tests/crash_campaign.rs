@@ -1691,6 +1691,14 @@ async fn retry_unanswered(
                     .insert(id.clone(), known_of(&record.call, round));
                 retried.push((id, record.call.clone()));
             }
+            // The unanswered attempt committed, and the recording was deleted since (an expired
+            // call purged at the restart): a retry must not store it again.
+            Answer::Discarded(reason) if reason == "deleted" => {
+                if !record.call.expired() {
+                    let what = "discarded as deleted, but nothing deletes a fresh call";
+                    verdict.violation("5", &object, what);
+                }
+            }
             Answer::Discarded(reason) => {
                 if !model.objected.contains_key(&record.call.caller) {
                     let what = format!("discarded ({reason}) without an objection");
