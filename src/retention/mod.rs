@@ -53,8 +53,21 @@ pub fn is_expired(retain_until: jiff::Timestamp, now: jiff::Timestamp) -> bool {
 /// Why a read is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
-    /// Past retention (or awaiting deletion) and the reader may not read held recordings.
+    /// Past retention, and not held or the reader may not read held recordings.
     Expired,
+    /// Its deletion (an objection, an erasure) waits for a hold, and the reader is not one the
+    /// hold serves.
+    DeletionPending,
+}
+
+impl Refusal {
+    /// Why, in the words of the audit entry and of an export's `left_out`.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refusal::Expired => "retention period ended",
+            Refusal::DeletionPending => "deletion pending (objection or erasure) behind a hold",
+        }
+    }
 }
 
 /// Whether `role` may read a recording now. Expired or deletion-pending recordings are served
@@ -69,6 +82,10 @@ pub fn may_read(
     if !is_expired(retain_until, now) && !pending_deletion {
         return Ok(());
     }
+    let refusal = match pending_deletion {
+        true => Refusal::DeletionPending,
+        false => Refusal::Expired,
+    };
     match (n_holds > 0, role) {
         (true, Role::Legal | Role::Dpo) => Ok(()),
         (
@@ -78,8 +95,8 @@ pub fn may_read(
             | Role::Operator
             | Role::Recorder
             | Role::Supervisor,
-        ) => Err(Refusal::Expired),
-        (false, _) => Err(Refusal::Expired),
+        ) => Err(refusal),
+        (false, _) => Err(refusal),
     }
 }
 
@@ -142,7 +159,7 @@ mod tests {
         );
         assert_eq!(
             may_read(at(10), true, 1, Role::Supervisor, at(5)),
-            Err(Refusal::Expired)
+            Err(Refusal::DeletionPending)
         );
         assert_eq!(may_read(at(10), true, 1, Role::Legal, at(5)), Ok(()));
     }

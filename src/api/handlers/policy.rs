@@ -647,20 +647,17 @@ async fn export(
                     Lookup::Found(row) => {
                         let holds = catalog.holds_of(&id)?;
                         let pending = row.pending_deletion.is_some();
-                        if crate::retention::may_read(
+                        if let Err(refused) = crate::retention::may_read(
                             row.retain_until,
                             pending,
                             holds.len(),
                             caller.role,
                             now,
-                        )
-                        .is_err()
-                        {
-                            let why = match pending {
-                                true => "deletion pending",
-                                false => "retention period ended",
-                            };
-                            left_out.push(serde_json::json!({ "id": id.to_string(), "why": why }));
+                        ) {
+                            left_out.push(serde_json::json!({
+                                "id": id.to_string(),
+                                "why": refused.reason(),
+                            }));
                             continue;
                         }
                         let draft = AuditDraft::new(

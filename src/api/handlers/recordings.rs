@@ -27,6 +27,7 @@ use crate::ingest::metadata::{CallMetadata, MAX_METADATA_BYTES, PhoneNumber};
 use crate::ingest::probe::FormatHint;
 use crate::ingest::{Admission, IngestError, OPERATOR_DOMAIN, Sender, open_personal};
 use crate::objections::{CALL_ID_DOMAIN, CALLER_DOMAIN};
+use crate::retention::Refusal;
 use crate::retention::purge::unlink_and_checkpoint;
 use crate::vault::BlobId;
 use crate::vault::store::PlainReader;
@@ -459,17 +460,14 @@ async fn readable(
     };
     let now = state.clock.now();
     let pending = row.pending_deletion.is_some();
-    if crate::retention::may_read(row.retain_until, pending, holds.len(), caller.role, now).is_err()
+    if let Err(refused) =
+        crate::retention::may_read(row.retain_until, pending, holds.len(), caller.role, now)
     {
-        let (error, why) = match pending {
-            true => (
-                ApiError::DeletionPending,
-                "deletion pending (objection or erasure) behind a hold",
-            ),
-            false => (ApiError::Expired, "retention period ended"),
-        };
-        audit_refusal(state, caller, &id.to_string(), refusal, why).await?;
-        return Err(error);
+        audit_refusal(state, caller, &id.to_string(), refusal, refused.reason()).await?;
+        return Err(match refused {
+            Refusal::DeletionPending => ApiError::DeletionPending,
+            Refusal::Expired => ApiError::Expired,
+        });
     }
     Ok((row, holds))
 }
