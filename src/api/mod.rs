@@ -261,6 +261,21 @@ pub fn limit_param(request: &Request) -> Result<usize, ApiError> {
     }
 }
 
+/// The `cursor` of a list whose items are ids `id_prefix` + a recording-style id (the last
+/// item of the previous page); anything else is refused.
+pub fn id_cursor_param(request: &Request, id_prefix: &str) -> Result<Option<String>, ApiError> {
+    let Some(cursor) = request.param("cursor") else {
+        return Ok(None);
+    };
+    match cursor
+        .strip_prefix(id_prefix)
+        .and_then(crate::vault::BlobId::parse)
+    {
+        Some(_) => Ok(Some(cursor.to_owned())),
+        None => Err(ApiError::BadRequest("invalid cursor".into())),
+    }
+}
+
 /// An RFC 3339 time query parameter.
 pub fn time_param(request: &Request, name: &str) -> Result<Option<jiff::Timestamp>, ApiError> {
     match request.param(name) {

@@ -9,11 +9,12 @@ use hyper::{Response, StatusCode};
 use crate::alarms::cases::{CaseError, IncomingEvent, Origin};
 use crate::alarms::frame::EventCode;
 use crate::api::error::ApiError;
-use crate::api::{AppState, Body, Caller, Request, json, limit_param, page, paged, text_field};
+use crate::api::{
+    AppState, Body, Caller, Request, id_cursor_param, json, limit_param, page, paged, text_field,
+};
 use crate::audit::chain::{AuditDraft, Outcome, format_time};
 use crate::catalog::alarms::{CaseChange, CaseListing, CaseRow, EventRow};
 use crate::contacts::{self, ContactError};
-use crate::vault::BlobId;
 
 fn case_error(error: CaseError) -> ApiError {
     match error {
@@ -114,15 +115,7 @@ pub(super) async fn list(
         }
     };
     let limit = limit_param(&request)?;
-    let after = request.param("cursor").map(str::to_owned);
-    if let Some(cursor) = &after
-        && cursor
-            .strip_prefix("case_")
-            .and_then(BlobId::parse)
-            .is_none()
-    {
-        return Err(ApiError::BadRequest("invalid cursor".into()));
-    }
+    let after = id_cursor_param(&request, "case_")?;
     let now = state.clock.now();
     let rows = blocking(state, move |state| {
         let registry = state.cases();

@@ -11,8 +11,8 @@ use hyper::{Response, StatusCode, header};
 use crate::api::error::ApiError;
 use crate::api::handlers::recordings::{filter_of, list_page};
 use crate::api::{
-    AppState, Body, ChannelWriter, Request, channel_body, json, known_keys, limit_param, paged,
-    text_field,
+    AppState, Body, ChannelWriter, Request, channel_body, id_cursor_param, json, known_keys,
+    limit_param, paged, text_field,
 };
 use crate::audit::chain::{AuditDraft, Outcome, format_time};
 use crate::catalog::policy::{Deletion, HoldRow, HoldSelector};
@@ -67,15 +67,7 @@ where
     F: FnOnce(&Catalog, Option<&str>, usize) -> Result<Vec<R>, CatalogError> + Send + 'static,
 {
     let limit = limit_param(request)?;
-    let after = request.param("cursor").map(str::to_owned);
-    if let Some(cursor) = &after
-        && cursor
-            .strip_prefix(id_prefix)
-            .and_then(BlobId::parse)
-            .is_none()
-    {
-        return Err(ApiError::BadRequest("invalid cursor".into()));
-    }
+    let after = id_cursor_param(request, id_prefix)?;
     let rows = state
         .catalog
         .call(move |catalog| fetch(catalog, after.as_deref(), limit + 1))
