@@ -762,6 +762,32 @@ fn bad_uploads_get_the_documented_error_and_store_nothing() {
                 status: 422,
                 codes: META,
             },
+            // multer holds what precedes a part's data until it ends: bounded, whatever comes.
+            BadUpload {
+                what: "3 MiB of preamble before the first part",
+                call_id: call("preamble"),
+                form: Multipart::new()
+                    .raw(&vec![b'x'; 3 << 20])
+                    .raw(b"\r\n")
+                    .json("metadata", &meta(&call("preamble")))
+                    .file("audio", "good.wav", &good),
+                status: 400,
+                codes: &["bad_request"],
+            },
+            BadUpload {
+                what: "a 3 MiB header in the audio part",
+                call_id: call("bighead"),
+                form: Multipart::new()
+                    .json("metadata", &meta(&call("bighead")))
+                    .file_with_header(
+                        "audio",
+                        "good.wav",
+                        ("x-padding", &"y".repeat(3 << 20)),
+                        &good,
+                    ),
+                status: 400,
+                codes: &["bad_request"],
+            },
             BadUpload {
                 what: "no audio part",
                 call_id: call("noaudio"),

@@ -82,3 +82,138 @@ fn tls_versions_below_1_2_are_refused() {
     let out = run("-tls1_2");
     assert!(out.contains("TLSv1.2"), "{out}");
 }
+
+#[test]
+fn requests_a_browser_sends_for_another_site_are_refused_and_audited() {
+    let instance = Setup::new("").start();
+    runtime().block_on(async {
+        let dpo = instance.client("dpo");
+        let objection = serde_json::json!({
+            "caller": "+33611112222", "source": "web", "reference": "a=b"
+        })
+        .to_string();
+        let post = |headers: Vec<(&'static str, &'static str)>| {
+            let (dpo, body) = (&dpo, objection.clone());
+            async move {
+                dpo.send(
+                    hyper::Method::POST,
+                    "/v1/objections",
+                    &headers,
+                    bytes::Bytes::from(body),
+                )
+                .await
+                .unwrap()
+            }
+        };
+        // A form on another site's page (text/plain keeps the JSON intact), in a browser that
+        // says where it comes from, and in one that only sends Origin.
+        for headers in [
+            vec![
+                ("content-type", "text/plain"),
+                ("origin", "https://evil.example"),
+                ("sec-fetch-site", "cross-site"),
+                ("sec-fetch-mode", "navigate"),
+            ],
+            vec![
+                ("content-type", "text/plain"),
+                ("origin", "https://evil.example"),
+            ],
+            vec![("sec-fetch-site", "same-site"), ("sec-fetch-mode", "cors")],
+        ] {
+            let response = post(headers.clone()).await;
+            assert_eq!(
+                (response.status, response.code().as_str()),
+                (403, "cross_site_request"),
+                "{headers:?}"
+            );
+        }
+        // Embedded in another site's page (an <audio> element): refused, even as a GET.
+        let embedded = dpo
+            .send(
+                hyper::Method::GET,
+                "/v1/objections",
+                &[
+                    ("sec-fetch-site", "cross-site"),
+                    ("sec-fetch-mode", "no-cors"),
+                    ("sec-fetch-dest", "audio"),
+                ],
+                bytes::Bytes::new(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(embedded.status, 403);
+        let listed = dpo.get("/v1/objections").await.unwrap();
+        assert_eq!(listed.json()["items"].as_array().map(Vec::len), Some(0));
+
+        // The server's own origin, the user's own navigation, and clients that are not
+        // browsers pass.
+        let accepted = [
+            vec![
+                ("origin", "https://localhost"),
+                ("content-type", "application/json"),
+            ],
+            vec![
+                ("sec-fetch-site", "same-origin"),
+                ("content-type", "application/json"),
+            ],
+            vec![("content-type", "application/json")],
+        ];
+        for headers in accepted {
+            let response = post(headers.clone()).await;
+            assert_eq!(response.status, 201, "{headers:?}: {:?}", response.body);
+            // Answers carrying personal data are never cached.
+            assert_eq!(response.headers["cache-control"], "no-store");
+        }
+        let linked = dpo
+            .send(
+                hyper::Method::GET,
+                "/v1/status",
+                &[
+                    ("sec-fetch-site", "cross-site"),
+                    ("sec-fetch-mode", "navigate"),
+                ],
+                bytes::Bytes::new(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(linked.status, 200, "a link from another site opens");
+
+        let audit = dpo.get("/v1/audit?action=objection.create").await.unwrap();
+        let entries = audit.json();
+        let outcomes: Vec<&str> = entries["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|entry| entry["outcome"].as_str())
+            .collect();
+        assert_eq!(
+            outcomes.iter().filter(|o| **o == "denied").count(),
+            3,
+            "{outcomes:?}"
+        );
+    });
+}
+
+#[test]
+fn a_certificate_without_a_role_learns_nothing_of_the_routes() {
+    let instance = Setup::new("").start();
+    runtime().block_on(async {
+        let stranger = instance.client("stranger");
+        for (method, path) in [
+            (hyper::Method::GET, "/nope"),
+            (hyper::Method::PUT, "/v1/audit"),
+            (hyper::Method::DELETE, "/v1/recordings"),
+        ] {
+            let response = stranger
+                .send(method.clone(), path, &[], bytes::Bytes::new())
+                .await
+                .unwrap();
+            assert_eq!(
+                (response.status, response.code().as_str()),
+                (403, "unknown_identity"),
+                "{method} {path}"
+            );
+            assert!(response.headers.get("allow").is_none());
+        }
+    });
+}

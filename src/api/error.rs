@@ -16,6 +16,8 @@ pub enum ApiError {
         code: &'static str,
         message: String,
     },
+    /// Sent by a browser for another site's page (see `server::cross_site`).
+    CrossSite,
     Deleted(Tombstone),
     /// An objection or erasure waits for a hold: only the roles the hold serves may read.
     DeletionPending,
@@ -49,6 +51,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
+            ApiError::CrossSite => StatusCode::FORBIDDEN,
             ApiError::Deleted(_) => StatusCode::GONE,
             ApiError::DeletionPending => StatusCode::GONE,
             ApiError::Expired => StatusCode::GONE,
@@ -78,6 +81,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => "bad_request",
             ApiError::Conflict { code, .. } => code,
+            ApiError::CrossSite => "cross_site_request",
             ApiError::Deleted(_) => "deleted",
             ApiError::DeletionPending => "deletion_pending",
             ApiError::Expired => "expired",
@@ -107,6 +111,9 @@ impl ApiError {
         match self {
             ApiError::BadRequest(why) => why.clone(),
             ApiError::Conflict { message, .. } => message.clone(),
+            ApiError::CrossSite => "a request from another site's page is refused: browsers may \
+                only open the API's own URLs"
+                .into(),
             ApiError::Deleted(tomb) => {
                 format!("recording {} was deleted ({})", tomb.id, tomb.reason)
             }

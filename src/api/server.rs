@@ -140,7 +140,29 @@ async fn handle(
     if head_len > MAX_HEAD_BYTES {
         return finish(&state, "unknown", started, Err(ApiError::HeadersTooLarge));
     }
-    let endpoint = match Endpoint::parse(&parts.method, parts.uri.path()) {
+    // A one-row read on an idle reader connection (it never waits for the writer): cheaper
+    // here than the two thread switches of a blocking hand-off, paid by every request.
+    let role = state.catalog.role_of(&cn);
+    let routed = Endpoint::parse(&parts.method, parts.uri.path());
+    // Who asks comes first: a certificate without a role learns nothing of the API, not even
+    // which paths exist.
+    let role = match role {
+        Ok(Some(role)) => role,
+        Ok(None) => {
+            let (action, object) = match &routed {
+                Ok(endpoint) => (endpoint.name(), endpoint.object()),
+                Err(_) => ("unknown", String::new()),
+            };
+            let why = "certificate CN has no role";
+            let refusal = match deny_as(&state, &cn, "", action, &object, why).await {
+                Ok(()) => ApiError::UnknownIdentity,
+                Err(unaudited) => unaudited,
+            };
+            return finish(&state, action, started, Err(refusal));
+        }
+        Err(error) => return finish(&state, "unknown", started, Err(ApiError::from(error))),
+    };
+    let endpoint = match routed {
         Ok(endpoint) => endpoint,
         Err(RouteError::NotFound) => {
             return finish(&state, "unknown", started, Err(ApiError::NotFound));
@@ -156,21 +178,6 @@ async fn handle(
         }
     };
     let name = endpoint.name();
-    // A one-row read on an idle reader connection (it never waits for the writer): cheaper
-    // here than the two thread switches of a blocking hand-off, paid by every request.
-    let role = state.catalog.role_of(&cn);
-    let role = match role {
-        Ok(Some(role)) => role,
-        Ok(None) => {
-            let refusal = match deny(&state, &cn, "", &endpoint, "certificate CN has no role").await
-            {
-                Ok(()) => ApiError::UnknownIdentity,
-                Err(unaudited) => unaudited,
-            };
-            return finish(&state, name, started, Err(refusal));
-        }
-        Err(error) => return finish(&state, name, started, Err(ApiError::from(error))),
-    };
     if !endpoint.allowed_roles().contains(&role) {
         let audited = deny(
             &state,
@@ -185,6 +192,13 @@ async fn handle(
                 "role `{role}` may not call {} {}",
                 parts.method, name
             )),
+            Err(unaudited) => unaudited,
+        };
+        return finish(&state, name, started, Err(refusal));
+    }
+    if let Some(why) = cross_site(&parts.method, &parts.headers) {
+        let refusal = match deny(&state, &cn, role.as_str(), &endpoint, why).await {
+            Ok(()) => ApiError::CrossSite,
             Err(unaudited) => unaudited,
         };
         return finish(&state, name, started, Err(refusal));
@@ -204,6 +218,38 @@ async fn handle(
     finish(&state, name, started, result)
 }
 
+/// Why a request sent by a browser on behalf of another site's page is refused, if it is one
+/// (cross-site request forgery: a browser holding a client certificate presents it to any page's
+/// requests). The Fetch Metadata resource isolation policy: a browser says where a request comes
+/// from (`Sec-Fetch-Site`); only same-origin requests, requests the user typed or bookmarked,
+/// and plain navigations (a link to a recording's audio) pass. Browsers too old to say so still
+/// send `Origin` with any request that changes something, which must then be this server's.
+/// Non-browser clients (the recorder, curl, scripts) send neither header.
+fn cross_site(method: &hyper::Method, headers: &hyper::HeaderMap) -> Option<&'static str> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let safe = matches!(*method, hyper::Method::GET | hyper::Method::HEAD);
+    match header("sec-fetch-site") {
+        Some("same-origin" | "none") => None,
+        Some(_) => {
+            let navigation = header("sec-fetch-mode") == Some("navigate")
+                && !matches!(header("sec-fetch-dest"), Some("object" | "embed"));
+            match safe && navigation {
+                true => None,
+                false => Some("request from another site's page (Sec-Fetch-Site)"),
+            }
+        }
+        None if safe => None,
+        None => {
+            let origin = header("origin")?;
+            let own = header("host").map(|host| format!("https://{host}"));
+            match own.is_some_and(|own| own.eq_ignore_ascii_case(origin)) {
+                true => None,
+                false => Some("request from another site's page (Origin)"),
+            }
+        }
+    }
+}
+
 /// Audits a refused request (guarantee 8). If the entry cannot be written (a full disk), the
 /// request is refused all the same, with the catalog's error (`507`) instead of the refusal:
 /// no refusal goes unaudited, and the client retries later.
@@ -214,14 +260,19 @@ async fn deny(
     endpoint: &Endpoint,
     why: &str,
 ) -> Result<(), ApiError> {
-    let draft = AuditDraft::new(
-        cn,
-        role,
-        endpoint.name(),
-        &endpoint.object(),
-        Outcome::Denied,
-    )
-    .detail(why);
+    deny_as(state, cn, role, endpoint.name(), &endpoint.object(), why).await
+}
+
+/// `deny` under an explicit action and object (a request that names no endpoint).
+async fn deny_as(
+    state: &Arc<AppState>,
+    cn: &str,
+    role: &str,
+    action: &str,
+    object: &str,
+    why: &str,
+) -> Result<(), ApiError> {
+    let draft = AuditDraft::new(cn, role, action, object, Outcome::Denied).detail(why);
     let now = state.clock.now();
     match state
         .catalog
@@ -252,6 +303,12 @@ fn finish(
             error_response(&error)
         }
     };
+    // Every answer carries personal data, audit entries or refusals about them: no cache keeps it.
+    let mut response = response;
+    response
+        .headers_mut()
+        .entry(hyper::header::CACHE_CONTROL)
+        .or_insert(hyper::header::HeaderValue::from_static("no-store"));
     let status = response.status();
     let elapsed = started.elapsed();
     state

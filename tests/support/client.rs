@@ -198,6 +198,29 @@ impl Multipart {
         self
     }
 
+    /// Appends bytes as they are (a preamble, a malformed part).
+    pub fn raw(mut self, bytes: &[u8]) -> Multipart {
+        self.body.extend(bytes);
+        self
+    }
+
+    /// Appends a file part whose headers carry one more, `name: value`.
+    pub fn file_with_header(
+        mut self,
+        name: &str,
+        file_name: &str,
+        header: (&str, &str),
+        content: &[u8],
+    ) -> Multipart {
+        let mut head = self.part_head(name, Some(file_name), "application/octet-stream");
+        head.truncate(head.len() - 2);
+        head.extend(format!("{}: {}\r\n\r\n", header.0, header.1).as_bytes());
+        self.body.extend(head);
+        self.body.extend(content);
+        self.body.extend(b"\r\n");
+        self
+    }
+
     /// Appends a file part (`audio`), `file_name` carrying the extension.
     pub fn file(mut self, name: &str, file_name: &str, content: &[u8]) -> Multipart {
         let head = self.part_head(name, Some(file_name), "application/octet-stream");

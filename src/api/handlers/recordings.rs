@@ -62,6 +62,91 @@ fn body_stream(
     })
 }
 
+/// Bytes of an upload's body read while no audio part streams (the preamble, the part headers,
+/// the metadata part): beyond the metadata's own limit, room for one read of the body (hyper
+/// hands over at most ~400 KiB at a time) in which the audio part's headers arrive.
+const FRAMING_BUDGET: u64 = MAX_METADATA_BYTES as u64 + (1 << 20);
+
+/// The upload body as multer reads it. multer buffers whatever precedes a part's data (the
+/// preamble before the first boundary, a part's headers) until that ends: outside the audio
+/// part a budget bounds what it may read, so memory stays bounded whatever the client sends.
+/// The rest of the body can be taken back, to be drained raw after an early answer.
+#[derive(Clone)]
+struct UploadBody(Arc<std::sync::Mutex<UploadBodyState>>);
+
+struct UploadBodyState {
+    stream: Option<futures_util::stream::BoxStream<'static, Result<Bytes, std::io::Error>>>,
+    /// Bytes still allowed before the audio part; `None` while it streams.
+    budget: Option<u64>,
+    /// The budget ran out (the error multer reports does not say so).
+    exceeded: bool,
+}
+
+impl UploadBody {
+    fn new(body: Incoming, idle: Duration) -> UploadBody {
+        UploadBody(Arc::new(std::sync::Mutex::new(UploadBodyState {
+            stream: Some(futures_util::stream::StreamExt::boxed(body_stream(
+                body, idle,
+            ))),
+            budget: Some(FRAMING_BUDGET),
+            exceeded: false,
+        })))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, UploadBodyState> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The audio part streams: its size is bounded by `max_recording_bytes` instead.
+    fn lift_budget(&self) {
+        self.lock().budget = None;
+    }
+
+    fn exceeded(&self) -> bool {
+        self.lock().exceeded
+    }
+
+    /// What multer has not read of the body yet.
+    fn take_rest(
+        &self,
+    ) -> Option<futures_util::stream::BoxStream<'static, Result<Bytes, std::io::Error>>> {
+        self.lock().stream.take()
+    }
+}
+
+impl futures_util::Stream for UploadBody {
+    type Item = Result<Bytes, std::io::Error>;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        let mut state = self.lock();
+        let Some(stream) = state.stream.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let polled = stream.as_mut().poll_next(cx);
+        if let Poll::Ready(Some(Ok(chunk))) = &polled
+            && let Some(budget) = state.budget
+        {
+            let len = chunk.len() as u64;
+            if len > budget {
+                state.exceeded = true;
+                state.budget = Some(0);
+                return Poll::Ready(Some(Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "multipart framing over budget",
+                ))));
+            }
+            state.budget = Some(budget - len);
+        }
+        polled
+    }
+}
+
 /// `POST /v1/recordings`.
 pub(super) async fn upload(
     state: &Arc<AppState>,
@@ -92,12 +177,22 @@ pub(super) async fn upload(
                 .into(),
         )
     })?;
-    let idle = state.config.server.idle_timeout;
-    let mut multipart = multer::Multipart::new(body_stream(request.body, idle), boundary);
-    let result = upload_parts(state, &request.caller, &mut multipart).await;
+    let body = UploadBody::new(request.body, state.config.server.idle_timeout);
+    let mut multipart = multer::Multipart::new(body.clone(), boundary);
+    let result = upload_parts(state, &request.caller, &mut multipart, &body).await;
+    drop(multipart);
+    let result = match result {
+        Err(ApiError::BadRequest(_)) if body.exceeded() => Err(ApiError::BadRequest(format!(
+            "malformed multipart body: more than {FRAMING_BUDGET} bytes before the audio part's \
+             data (preamble, part headers, metadata)"
+        ))),
+        other => other,
+    };
     // Whatever the answer, read and discard what the client still sends (bounded), so that an
     // early answer (413, 422, a discarded call) reaches it instead of a connection reset.
-    drain_multipart(multipart);
+    if let Some(rest) = body.take_rest() {
+        drain_in_background(rest);
+    }
     result
 }
 
@@ -106,6 +201,7 @@ async fn upload_parts(
     state: &Arc<AppState>,
     caller: &crate::api::Caller,
     multipart: &mut multer::Multipart<'static>,
+    body: &UploadBody,
 ) -> Result<Response<Body>, ApiError> {
     let multipart_error =
         |error: multer::Error| ApiError::BadRequest(format!("malformed multipart body: {error}"));
@@ -180,6 +276,7 @@ async fn upload_parts(
             "the second part must be `audio`".into(),
         ));
     }
+    body.lift_budget();
     let hint = match audio.file_name() {
         Some(name) => FormatHint::from_file_name(name),
         None => FormatHint::default(),
@@ -236,24 +333,6 @@ fn drain_in_background(
                 total += chunk.len() as u64;
                 if total > DRAIN_BYTES {
                     break;
-                }
-            }
-        })
-        .await;
-    });
-}
-
-/// Same, for a multipart body part-way through.
-fn drain_multipart(mut multipart: multer::Multipart<'static>) {
-    tokio::spawn(async move {
-        let _ = tokio::time::timeout(DRAIN_TIME, async {
-            let mut total = 0u64;
-            while let Ok(Some(mut field)) = multipart.next_field().await {
-                while let Ok(Some(chunk)) = field.chunk().await {
-                    total += chunk.len() as u64;
-                    if total > DRAIN_BYTES {
-                        return;
-                    }
                 }
             }
         })
