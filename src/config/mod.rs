@@ -413,6 +413,24 @@ mod tests {
     }
 
     #[test]
+    fn retention_periods_are_bounded_both_ways() {
+        let errors = errors_of(
+            "[retention]\nrecordings = \"100000 years\"\npurge_interval = \"2 days\"\n\
+             audit = \"30s\"\n",
+        );
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(
+            errors[0].contains("retention.recordings: `100000 years` is longer than 100 years")
+        );
+        assert!(errors[1].contains("retention.purge_interval: `2 days` is longer than 86400s"));
+        assert!(errors[2].contains("retention.audit: `30s` is shorter than 6 months"));
+        // systemd's M is a month: "6M" keeps recordings six months, not six minutes.
+        let text = "[retention]\nrecordings = \"6M\"\n";
+        let config = Config::parse(Path::new("x.toml"), text, None).expect("valid");
+        assert_eq!(config.retention.recordings, Period::Months(6));
+    }
+
+    #[test]
     fn unknown_keys_are_refused_with_their_position() {
         let errors = errors_of("[server]\nlisten = \"0.0.0.0:8443\"\nlistne = \"x\"\n");
         assert_eq!(errors.len(), 1);

@@ -288,12 +288,50 @@ impl Resolver<'_> {
                 self.error(key, "must be longer than zero".into());
                 Period::Months(1)
             }
+            Ok(period) if period_over(period, MAX_PERIOD_MONTHS) => {
+                self.error(key, format!("`{text}` is longer than 100 years"));
+                Period::Months(1)
+            }
             Ok(period) => period,
             Err(error) => {
                 self.error(key, error.to_string());
                 Period::Months(1)
             }
         }
+    }
+
+    /// A period of at least `months` calendar months.
+    fn period_at_least(&mut self, key: &str, text: &str, months: u32, why: &str) -> Period {
+        let period = self.period(key, text);
+        let long_enough = match period {
+            Period::Months(n) => n >= months,
+            Period::Fixed(duration) => duration.as_secs() >= u64::from(months) * 31 * 86_400,
+        };
+        if !long_enough {
+            self.error(
+                key,
+                format!("`{text}` is shorter than {months} months: {why}"),
+            );
+        }
+        period
+    }
+
+    /// A duration of at most `max`.
+    fn duration_at_most(
+        &mut self,
+        key: &str,
+        text: &str,
+        max: std::time::Duration,
+        why: &str,
+    ) -> std::time::Duration {
+        let duration = self.duration(key, text);
+        if duration > max {
+            self.error(
+                key,
+                format!("`{text}` is longer than {}s: {why}", max.as_secs()),
+            );
+        }
+        duration
     }
 
     fn duration(&mut self, key: &str, text: &str) -> std::time::Duration {
@@ -317,6 +355,16 @@ impl Resolver<'_> {
                 format!("`{}` must be an absolute path", path.display()),
             );
         }
+    }
+}
+
+/// Longest retention period accepted: 100 years.
+const MAX_PERIOD_MONTHS: u32 = 1200;
+
+fn period_over(period: Period, months: u32) -> bool {
+    match period {
+        Period::Months(n) => n > months,
+        Period::Fixed(duration) => duration.as_secs() > u64::from(months) * 31 * 86_400,
     }
 }
 
@@ -412,8 +460,18 @@ impl RawConfig {
         let retention = RetentionConfig {
             recordings: r.period("retention.recordings", &self.retention.recordings),
             quarantine: r.period("retention.quarantine", &self.retention.quarantine),
-            purge_interval: r.duration("retention.purge_interval", &self.retention.purge_interval),
-            audit: r.period("retention.audit", &self.retention.audit),
+            purge_interval: r.duration_at_most(
+                "retention.purge_interval",
+                &self.retention.purge_interval,
+                std::time::Duration::from_secs(86_400),
+                "recordings are deleted within one purge interval of their end (SPEC §4.3)",
+            ),
+            audit: r.period_at_least(
+                "retention.audit",
+                &self.retention.audit,
+                6,
+                "the audit trail must outlive the recordings it accounts for",
+            ),
         };
 
         let max_open = r.duration("alarms.max_open", &self.alarms.max_open);

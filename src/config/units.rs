@@ -66,6 +66,8 @@ pub enum UnitError {
     NoNumber(String),
     #[error("`{0}` is too large")]
     Overflow(String),
+    #[error("`{0}` has no unit (expected one of {DURATION_UNITS})")]
+    NoUnit(String),
     #[error("unknown unit `{unit}` (expected one of {expected})")]
     UnknownUnit {
         unit: String,
@@ -73,13 +75,22 @@ pub enum UnitError {
     },
 }
 
-const DURATION_UNITS: &str = "s, m, h, d, w, months, years";
+const DURATION_UNITS: &str = "s, m (minutes), h, d, w, M or months, y or years";
 const SIZE_UNITS: &str = "B, KB, MB, GB, TB, KiB, MiB, GiB, TiB";
 
 /// Parses a period: `"90s"`, `"5m"`, `"24h"`, `"7 days"`, `"2 weeks"`, `"6 months"`, `"5 years"`.
+/// Units are case-insensitive but for `m` and `M`, as in systemd's time spans: `"6m"` is six
+/// minutes, `"6M"` six months.
 pub fn parse_period(text: &str) -> Result<Period, UnitError> {
     let (number, unit) = split_number(text)?;
-    let seconds_per = match unit.to_ascii_lowercase().as_str() {
+    if unit.is_empty() {
+        return Err(UnitError::NoUnit(text.trim().to_owned()));
+    }
+    let unit = match unit {
+        "M" => "months".to_owned(),
+        other => other.to_ascii_lowercase(),
+    };
+    let seconds_per = match unit.as_str() {
         "s" | "sec" | "secs" | "second" | "seconds" => 1,
         "m" | "min" | "mins" | "minute" | "minutes" => 60,
         "h" | "hour" | "hours" => 3_600,
@@ -182,6 +193,11 @@ mod tests {
         check_period("  7 days ", Ok(Period::Fixed(Duration::from_secs(604_800))));
         check_period("", Err(UnitError::Empty));
         check_period("months", Err(UnitError::NoNumber("months".into())));
+        // systemd's spelling: M is a month, m a minute.
+        check_period("6M", Ok(Period::Months(6)));
+        check_period("6m", Ok(Period::Fixed(Duration::from_secs(360))));
+        check_period("6 MONTHS", Ok(Period::Months(6)));
+        check_period("0", Err(UnitError::NoUnit("0".into())));
         check_period(
             "5 fortnights",
             Err(UnitError::UnknownUnit {
@@ -203,6 +219,7 @@ mod tests {
     fn durations_refuse_calendar_units() {
         assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
         assert!(parse_duration("6 months").is_err());
+        assert!(parse_duration("5M").is_err());
     }
 
     #[test]

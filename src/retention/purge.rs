@@ -95,6 +95,12 @@ pub fn run_once(
         report.quarantine_expired = expired.len();
         let cutoff = audit_cutoff(retention, now);
         report.audit_pruned = catalog.prune_audit(cutoff)?;
+        if report.audit_pruned > 0 {
+            tracing::info!(
+                entries = report.audit_pruned,
+                "audit entries past retention.audit pruned (the chain keeps its anchor)"
+            );
+        }
         if !report.deleted.is_empty() || report.quarantine_expired > 0 || report.audit_pruned > 0 {
             catalog.checkpoint()?;
         }
