@@ -12,6 +12,9 @@ use crate::keyring::Keyring;
 use crate::vault::BlobId;
 use crate::vault::keys::KeyError;
 
+/// The outcome of a case that closed itself after `alarms.max_open`.
+pub const EXPIRED_OUTCOME: &str = "expired (max_open)";
+
 /// Proof that case `id` was open (and not past `max_open`) when checked. Only this module can
 /// make one, and reading trusted contacts requires it.
 #[derive(Debug)]
@@ -115,6 +118,29 @@ pub struct Cases<'a> {
 }
 
 impl Cases<'_> {
+    /// When and how a case closed: as recorded, or, for a case past `max_open` that the expiry
+    /// worker has not closed yet, the instant it expired. `None` while it is open.
+    pub fn closing(
+        &self,
+        case: &CaseRow,
+        now: jiff::Timestamp,
+    ) -> Option<(jiff::Timestamp, String)> {
+        match (case.closed_at, &case.outcome) {
+            (Some(at), outcome) => Some((at, outcome.clone().unwrap_or_default())),
+            (None, _) if !self.is_open(case, now) => Some((
+                case.opened_at
+                    .checked_add(self.max_open_span())
+                    .unwrap_or(jiff::Timestamp::MAX),
+                EXPIRED_OUTCOME.to_owned(),
+            )),
+            (None, _) => None,
+        }
+    }
+
+    fn max_open_span(&self) -> jiff::SignedDuration {
+        jiff::SignedDuration::try_from(self.max_open).unwrap_or(jiff::SignedDuration::MAX)
+    }
+
     fn stale_before(&self, now: jiff::Timestamp) -> jiff::Timestamp {
         let span =
             jiff::SignedDuration::try_from(self.max_open).unwrap_or(jiff::SignedDuration::MAX);
@@ -218,7 +244,7 @@ impl Cases<'_> {
         let audit = |id: &str| AuditDraft::system("alarm.close", id).detail("max_open reached");
         Ok(self
             .catalog
-            .expire_cases(self.stale_before(now), &audit, now)?
+            .expire_cases(self.stale_before(now), self.max_open_span(), &audit, now)?
             .len())
     }
 

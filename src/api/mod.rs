@@ -98,6 +98,25 @@ impl Request {
             .filter(|v| !v.is_empty())
     }
 
+    /// Refuses query parameters other than `known`, and empty ones, for a search: a misspelt
+    /// or empty filter left out would widen it to everything.
+    pub fn only_params(&self, known: &[&str]) -> Result<(), ApiError> {
+        let mut keys: Vec<&String> = self.query.keys().collect();
+        keys.sort();
+        for key in keys {
+            if !known.contains(&key.as_str()) {
+                return Err(ApiError::BadRequest(format!(
+                    "unknown query parameter `{key}` (this search takes {})",
+                    known.join(", ")
+                )));
+            }
+            if self.query[key].is_empty() {
+                return Err(ApiError::BadRequest(format!("`{key}` is empty")));
+            }
+        }
+        Ok(())
+    }
+
     /// Reads a JSON body of at most `limit` bytes, each read bounded by `idle`.
     pub async fn json(self, limit: usize, idle: Duration) -> Result<serde_json::Value, ApiError> {
         let bytes = read_body(self.body, limit, idle).await?;
@@ -277,6 +296,20 @@ pub fn id_cursor_param(request: &Request, id_prefix: &str) -> Result<Option<Stri
 }
 
 /// An RFC 3339 time query parameter.
+/// `from` and `to`, both included, to the second (times are stored to the second; a fraction is
+/// dropped): `to` is not before `from`.
+pub fn time_range(
+    request: &Request,
+) -> Result<(Option<jiff::Timestamp>, Option<jiff::Timestamp>), ApiError> {
+    let (from, to) = (time_param(request, "from")?, time_param(request, "to")?);
+    if let (Some(from), Some(to)) = (from, to)
+        && to.as_second() < from.as_second()
+    {
+        return Err(ApiError::BadRequest("`to` is before `from`".into()));
+    }
+    Ok((from, to))
+}
+
 pub fn time_param(request: &Request, name: &str) -> Result<Option<jiff::Timestamp>, ApiError> {
     match request.param(name) {
         None => Ok(None),

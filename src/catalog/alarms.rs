@@ -214,6 +214,7 @@ impl Catalog {
     pub fn expire_cases(
         &self,
         stale_before: jiff::Timestamp,
+        max_open: jiff::SignedDuration,
         audit: &dyn Fn(&str) -> AuditDraft,
         now: jiff::Timestamp,
     ) -> Result<Vec<String>, CatalogError> {
@@ -227,8 +228,9 @@ impl Catalog {
             };
             for id in &ids {
                 tx.execute(
-                    "UPDATE alarm_cases SET closed_at = ?2, closed_by = 'system', outcome = 'expired (max_open)' WHERE id = ?1",
-                    params![id, secs(now)],
+                    // Closed when it expired, not when the worker came by.
+                    "UPDATE alarm_cases SET closed_at = MIN(opened_at + ?2, ?3), closed_by = 'system', outcome = ?4 WHERE id = ?1",
+                    params![id, max_open.as_secs(), secs(now), crate::alarms::cases::EXPIRED_OUTCOME],
                 )
                 .map_err(sql("case expiry"))?;
                 audit_log::append(tx, audit(id), now)?;

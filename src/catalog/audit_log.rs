@@ -165,7 +165,7 @@ pub(crate) fn query(
     let mut stmt = conn
         .prepare(&format!(
             "SELECT {COLUMNS} FROM audit WHERE seq > ?1
-               AND (?2 IS NULL OR at >= ?2) AND (?3 IS NULL OR at < ?3)
+               AND (?2 IS NULL OR at >= ?2) AND (?3 IS NULL OR at <= ?3)
                AND (?4 IS NULL OR actor = ?4) AND (?5 IS NULL OR action = ?5)
                AND (?7 IS NULL OR object = ?7)
              ORDER BY seq LIMIT ?6"

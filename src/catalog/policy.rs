@@ -60,6 +60,8 @@ pub struct HoldRow {
     pub release_reason: Option<String>,
     /// Recordings covered now (active) or at release.
     pub covered: u64,
+    /// A range selector's bounds, both included (to the second).
+    pub range: Option<(jiff::Timestamp, jiff::Timestamp)>,
 }
 
 /// A recording the purge looks at: expired or with a deferred deletion.
@@ -187,7 +189,7 @@ pub(crate) fn attach_future_holds_in(
              WHERE released_at IS NULL AND include_future = 1 AND (
                    (selector_kind = 'caller' AND selector_hmac = ?2)
                 OR (selector_kind = 'account' AND selector_hmac = ?3)
-                OR (selector_kind = 'range' AND ?4 >= selector_from AND ?4 < selector_to))",
+                OR (selector_kind = 'range' AND ?4 >= selector_from AND ?4 <= selector_to))",
         )
         .and_then(|mut stmt| {
             stmt.execute(params![
@@ -455,7 +457,7 @@ impl Catalog {
                 ),
                 HoldSelector::Range { from, to } => tx.execute(
                     "INSERT OR IGNORE INTO hold_recordings (hold_id, recording_id)
-                     SELECT ?1, id FROM recordings WHERE started_at >= ?2 AND started_at < ?3",
+                     SELECT ?1, id FROM recordings WHERE started_at >= ?2 AND started_at <= ?3",
                     params![id, secs(*from), secs(*to)],
                 ),
                 HoldSelector::Ids(ids) => {
@@ -535,7 +537,8 @@ impl Catalog {
                 .prepare(
                     "SELECT h.id, h.case_ref, h.reason, h.selector_kind, h.include_future, h.placed_by, h.placed_at,
                             h.released_at, h.released_by, h.release_reason,
-                            COALESCE(h.covered_at_release, (SELECT count(*) FROM hold_recordings r WHERE r.hold_id = h.id))
+                            COALESCE(h.covered_at_release, (SELECT count(*) FROM hold_recordings r WHERE r.hold_id = h.id)),
+                            h.selector_from, h.selector_to
                      FROM holds h WHERE (?1 IS NULL OR h.id < ?1) ORDER BY h.id DESC LIMIT ?2",
                 )
                 .map_err(sql("hold list"))?;
@@ -555,7 +558,8 @@ impl Catalog {
                 .query_row(
                     "SELECT h.id, h.case_ref, h.reason, h.selector_kind, h.include_future, h.placed_by, h.placed_at,
                             h.released_at, h.released_by, h.release_reason,
-                            COALESCE(h.covered_at_release, (SELECT count(*) FROM hold_recordings r WHERE r.hold_id = h.id))
+                            COALESCE(h.covered_at_release, (SELECT count(*) FROM hold_recordings r WHERE r.hold_id = h.id)),
+                            h.selector_from, h.selector_to
                      FROM holds h WHERE h.id = ?1",
                     [id],
                     hold_from_row,
@@ -811,6 +815,7 @@ fn hold_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<HoldRow, Ca
     let released_by: Option<String> = row.get(8)?;
     let release_reason: Option<String> = row.get(9)?;
     let covered: i64 = row.get(10)?;
+    let range: (Option<i64>, Option<i64>) = (row.get(11)?, row.get(12)?);
     Ok((|| {
         Ok(HoldRow {
             id,
@@ -824,6 +829,10 @@ fn hold_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<HoldRow, Ca
             released_by,
             release_reason,
             covered: covered as u64,
+            range: match range {
+                (Some(from), Some(to)) => Some((from_secs(from)?, from_secs(to)?)),
+                _ => None,
+            },
         })
     })())
 }

@@ -419,7 +419,7 @@ impl Catalog {
             let mut stmt = conn
                 .prepare(&format!(
                     "SELECT {COLUMNS} FROM recordings
-                     WHERE (?1 IS NULL OR started_at >= ?1) AND (?2 IS NULL OR started_at < ?2)
+                     WHERE (?1 IS NULL OR started_at >= ?1) AND (?2 IS NULL OR started_at <= ?2)
                        AND (?3 IS NULL OR account_hmac = ?3) AND (?4 IS NULL OR caller_hmac = ?4)
                        AND (?5 IS NULL OR operator_hmac = ?5) AND (?6 IS NULL OR call_id_hmac = ?6)
                        AND (?7 IS NULL OR alarm_case = ?7)

@@ -200,6 +200,14 @@ impl Pipeline {
                 now.round(jiff::Unit::Second).unwrap_or(now),
             )));
         }
+        // Nor can a call predate the Unix epoch: such a start is a recorder's unset clock (and
+        // before year 0 has no RFC 3339 form to show).
+        if meta.started_at < jiff::Timestamp::UNIX_EPOCH {
+            return Err(IngestError::InvalidMetadata(format!(
+                "`started_at` {} is before 1970; check the recorder's clock",
+                meta.started_at
+            )));
+        }
         let registry = Objections {
             catalog: &self.catalog,
             vault: &self.vault,

@@ -986,7 +986,7 @@ fn quarantine_reason(error: &IngestError) -> Option<String> {
         IngestError::DuplicateCallId { existing } => Some(format!(
             "call id already stored with different audio (recording {existing})"
         )),
-        IngestError::InvalidMetadata(_) => Some("invalid metadata".to_owned()),
+        IngestError::InvalidMetadata(why) => Some(format!("invalid metadata: {why}")),
         IngestError::TooLarge { limit } => Some(format!(
             "recording larger than the limit of {limit} bytes (ingest.max_recording_bytes)"
         )),
@@ -1153,11 +1153,20 @@ async fn take(
             }
             return result;
         }
+        // Refused by the gate for the file's own fault (a start more than a day ahead, from a
+        // recorder's clock error): quarantined, as a bad file is; retrying would keep the
+        // plaintext in the spool until that day.
         Err(error) => {
-            return Err(Failure {
-                error: SpoolError::Ingest(error),
-                resume: None,
-            });
+            drop(file);
+            return match quarantine_reason(&error) {
+                Some(reason) => {
+                    finish(context, stem, quarantine_items(&files, &reason), files).await
+                }
+                None => Err(Failure {
+                    error: SpoolError::Ingest(error),
+                    resume: None,
+                }),
+            };
         }
     };
     let hint = FormatHint::from_file_name(audio);

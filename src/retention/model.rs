@@ -185,7 +185,7 @@ impl Model {
             ModelSelector::Account(a) => recording.account_idx == *a,
             ModelSelector::Caller(c) => recording.caller_idx == *c,
             ModelSelector::Range { from, to } => {
-                *from <= recording.started_at && recording.started_at < *to
+                *from <= recording.started_at && recording.started_at <= *to
             }
             ModelSelector::Recording(r) => *r == recording_idx,
         }

@@ -76,6 +76,18 @@ pub(super) async fn post(
             .map_err(|_| ApiError::BadRequest("`received_at` is not an RFC 3339 time".into()))?,
         None => now,
     };
+    // An alarm source's clock may drift, not by days: a time far off would misorder the
+    // account's case (and a future one keep `last_event_at` ahead of every later event).
+    let tolerance = crate::ingest::FUTURE_TOLERANCE;
+    if received_at > now.saturating_add(tolerance).unwrap_or(now)
+        || received_at < now.saturating_sub(tolerance * 30).unwrap_or(now)
+    {
+        return Err(ApiError::BadRequest(format!(
+            "`received_at` is more than {} hours ahead of this server's clock or {} days behind it",
+            tolerance.as_hours(),
+            tolerance.as_hours() * 30 / 24
+        )));
+    }
     let account = account.to_owned();
     let change = blocking(state, move |state| {
         state
@@ -125,21 +137,27 @@ pub(super) async fn list(
         let mut out = Vec::new();
         for (case, events) in rows {
             let account = registry.account_of(&case).map_err(case_error)?;
-            let open = registry.is_open(&case, now);
-            out.push((case, events, account, open));
+            let closing = registry.closing(&case, now);
+            out.push((case, events, account, closing));
         }
         Ok(out)
     })
     .await?;
-    let item = |(case, events, account, open): &(CaseRow, Vec<EventRow>, String, bool)| {
+    type Item = (
+        CaseRow,
+        Vec<EventRow>,
+        String,
+        Option<(jiff::Timestamp, String)>,
+    );
+    let item = |(case, events, account, closing): &Item| {
         serde_json::json!({
             "id": case.id,
             "account": account,
-            "state": if *open { "open" } else { "closed" },
+            "state": if closing.is_none() { "open" } else { "closed" },
             "opened_at": format_time(case.opened_at),
             "last_event_at": format_time(case.last_event_at),
-            "closed_at": case.closed_at.map(format_time),
-            "outcome": case.outcome,
+            "closed_at": closing.as_ref().map(|(at, _)| format_time(*at)),
+            "outcome": closing.as_ref().map(|(_, outcome)| outcome),
             "events": events.iter().map(|e| serde_json::json!({
                 "at": format_time(e.at), "event": e.code, "zone": e.zone, "group": e.group,
                 "source": e.source, "line": e.line,

@@ -6,17 +6,19 @@ use std::sync::Arc;
 use hyper::Response;
 
 use crate::api::error::ApiError;
-use crate::api::{AppState, Body, Request, limit_param, paged, time_param};
+use crate::api::{AppState, Body, Request, limit_param, paged, time_range};
 use crate::catalog::AuditFilter;
 
 pub(super) async fn list(
     state: &Arc<AppState>,
     request: Request,
 ) -> Result<Response<Body>, ApiError> {
+    request.only_params(&["from", "to", "actor", "action", "object", "limit", "cursor"])?;
     let limit = limit_param(&request)?;
+    let (from, to) = time_range(&request)?;
     let filter = AuditFilter {
-        from: time_param(&request, "from")?,
-        to: time_param(&request, "to")?,
+        from,
+        to,
         actor: request.param("actor").map(str::to_owned),
         action: request.param("action").map(str::to_owned),
         object: request.param("object").map(str::to_owned),

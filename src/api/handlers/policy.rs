@@ -199,7 +199,7 @@ pub(super) async fn objection_withdraw(
 }
 
 fn hold_json(hold: &HoldRow) -> serde_json::Value {
-    serde_json::json!({
+    let mut value = serde_json::json!({
         "id": hold.id,
         "case_ref": hold.case_ref,
         "reason": hold.reason,
@@ -212,7 +212,13 @@ fn hold_json(hold: &HoldRow) -> serde_json::Value {
         "released_by": hold.released_by,
         "release_reason": hold.release_reason,
         "recordings": hold.covered,
-    })
+    });
+    // A range hold says which: legal checks the period it asked for.
+    if let Some((from, to)) = hold.range {
+        value["from"] = format_time(from).into();
+        value["to"] = format_time(to).into();
+    }
+    value
 }
 
 /// `POST /v1/holds` (legal).
@@ -296,9 +302,9 @@ pub(super) async fn hold_place(
                     })
             };
             let (from, to) = (time(from, "from")?, time(to, "to")?);
-            if to <= from {
+            if to < from {
                 return Err(ApiError::BadRequest(
-                    "`selector.to` must be after `selector.from`".into(),
+                    "`selector.to` must not be before `selector.from`".into(),
                 ));
             }
             HoldSelector::Range { from, to }

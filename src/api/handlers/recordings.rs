@@ -16,7 +16,7 @@ use crate::access::{PURPOSES, Role, purpose_allowed};
 use crate::api::error::ApiError;
 use crate::api::{
     AppState, Body, Caller, ChannelWriter, Request, channel_body, json, limit_param, page,
-    text_field, time_param,
+    text_field, time_range,
 };
 use crate::audit::chain::{AuditDraft, Outcome, format_time};
 use crate::catalog::policy::Deletion;
@@ -417,9 +417,10 @@ pub(super) fn number_param(request: &Request, name: &str) -> Result<Option<Phone
 pub(super) fn filter_of(state: &AppState, request: &Request) -> Result<RecordingFilter, ApiError> {
     let caller = number_param(request, "caller")?
         .map(|number| state.keyring.digest(CALLER_DOMAIN, number.as_str()));
+    let (from, to) = time_range(request)?;
     Ok(RecordingFilter {
-        from: time_param(request, "from")?,
-        to: time_param(request, "to")?,
+        from,
+        to,
         account_hmac: request
             .param("account")
             .map(|a| crate::ingest::account_digest(&state.keyring, a)),
@@ -517,6 +518,17 @@ pub(super) async fn list(
     state: &Arc<AppState>,
     request: Request,
 ) -> Result<Response<Body>, ApiError> {
+    request.only_params(&[
+        "from",
+        "to",
+        "account",
+        "caller",
+        "operator",
+        "call_id",
+        "alarm_case",
+        "limit",
+        "cursor",
+    ])?;
     let filter = filter_of(state, &request)?;
     list_page(state, &request, filter).await
 }
