@@ -117,10 +117,12 @@ pub struct DataLock {
 /// service) never work on the same catalog at once.
 pub fn lock_data_dir(config: &Config) -> Result<DataLock, DaemonError> {
     let path = config.storage.data_dir.join(".lock");
+    use std::os::unix::fs::OpenOptionsExt;
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
+        .mode(0o600)
         .open(&path)
         .map_err(|error| DaemonError::Lock {
             path: path.display().to_string(),

@@ -43,7 +43,11 @@ pub struct Metrics {
     pub recordings_missing: Gauge,
     pub requests: Family<Labels, Counter>,
     pub request_duration: HistogramFamily,
+    tls_failures: Family<Labels, Counter>,
 }
+
+/// Why a connection ended before its TLS handshake completed.
+pub const TLS_FAILURE_REASONS: [&str; 3] = ["refused", "timeout", "shed"];
 
 fn request_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 16))
@@ -65,6 +69,7 @@ impl Metrics {
         let recordings_missing = Gauge::default();
         let requests = Family::<Labels, Counter>::default();
         let request_duration = HistogramFamily::new_with_constructor(request_histogram);
+        let tls_failures = Family::<Labels, Counter>::default();
         registry.register("recordings_ingested", "Recordings stored", ingested.clone());
         registry.register(
             "recordings_discarded",
@@ -126,6 +131,12 @@ impl Metrics {
             "API request latency",
             request_duration.clone(),
         );
+        registry.register(
+            "tls_handshake_failures",
+            "Connections ended before their TLS handshake completed: refused (bad or no client \
+             certificate), timeout, or shed for a new connection at server.max_connections",
+            tls_failures.clone(),
+        );
         // Every known label value is exported from the start, at 0: a dashboard or an alert
         // on, say, discards by objection sees a series before the first one happens.
         for (family, name, values) in [
@@ -133,6 +144,7 @@ impl Metrics {
             (&purged, "reason", &PURGE_REASONS[..]),
             (&audio_reads, "purpose", &crate::access::PURPOSES[..]),
             (&alarm_frames, "result", &ALARM_FRAME_RESULTS[..]),
+            (&tls_failures, "reason", &TLS_FAILURE_REASONS[..]),
         ] {
             for value in values {
                 drop(family.get_or_create(&vec![(name, (*value).to_owned())]));
@@ -153,7 +165,15 @@ impl Metrics {
             recordings_missing,
             requests,
             request_duration,
+            tls_failures,
         })
+    }
+
+    /// Counts a connection that ended before its TLS handshake (one of `TLS_FAILURE_REASONS`).
+    pub fn count_tls_failure(&self, reason: &str) {
+        self.tls_failures
+            .get_or_create(&vec![("reason", reason.to_owned())])
+            .inc();
     }
 
     /// Counts `n` recordings deleted for `reason` (one of `PURGE_REASONS`).

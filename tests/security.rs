@@ -217,3 +217,137 @@ fn a_certificate_without_a_role_learns_nothing_of_the_routes() {
         }
     });
 }
+
+#[test]
+fn connections_that_never_finish_their_handshake_cannot_lock_clients_out() {
+    let instance =
+        Setup::with_server("max_connections = 4\nhandshake_timeout = \"60s\"", "").start();
+    runtime().block_on(async {
+        // Three times the limit of connections that never send a byte, as a flood would: each
+        // holds its place for the whole handshake timeout unless a newcomer takes it.
+        let mut idle = Vec::new();
+        for _ in 0..12 {
+            idle.push(tokio::net::TcpStream::connect(instance.api).await.unwrap());
+        }
+        let dpo = instance.client("dpo");
+        for attempt in 0..3 {
+            let answer =
+                tokio::time::timeout(std::time::Duration::from_secs(20), dpo.get("/v1/status"))
+                    .await
+                    .unwrap_or_else(|_| panic!("attempt {attempt}: locked out"))
+                    .unwrap();
+            assert_eq!(answer.status, 200);
+        }
+        let metrics = instance.metrics_response().await;
+        let shed: f64 = metrics
+            .lines()
+            .find_map(|line| {
+                line.strip_prefix("callguard_tls_handshake_failures_total{reason=\"shed\"} ")
+            })
+            .and_then(|value| value.trim().parse().ok())
+            .expect("the shed counter is exported");
+        assert!(shed >= 8.0, "{shed} handshakes shed");
+        drop(idle);
+    });
+}
+
+#[test]
+fn a_certificate_naming_two_cns_names_no_one() {
+    let instance = Setup::new("").start();
+    let pki = &instance.setup.pki;
+    let run = |args: &[&str]| {
+        let output = Command::new("openssl")
+            .args(args)
+            .current_dir(pki)
+            .output()
+            .expect("openssl");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    std::fs::write(pki.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+    for (name, subject) in [
+        ("twocns", "/CN=supervisor/CN=dpo"),
+        ("multirdn", "/CN=supervisor+CN=dpo"),
+    ] {
+        run(&[
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-subj",
+            subject,
+            "-multivalue-rdn",
+            "-out",
+            &format!("{name}.csr"),
+        ]);
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "30",
+            "-extfile",
+            "client.ext",
+            "-out",
+            &format!("{name}.crt"),
+        ]);
+    }
+    runtime().block_on(async {
+        for name in ["twocns", "multirdn"] {
+            let response = instance.client(name).get("/v1/audit").await.unwrap();
+            assert_eq!(
+                (response.status, response.code().as_str()),
+                (403, "unknown_identity"),
+                "{name}"
+            );
+        }
+        let audit = instance
+            .client("dpo")
+            .get("/v1/audit?actor=(no%20usable%20CN)")
+            .await
+            .unwrap()
+            .json();
+        let entries = audit["items"].as_array().unwrap();
+        assert_eq!(entries.len(), 2, "{audit}");
+        assert!(entries.iter().all(|e| e["outcome"] == "denied"));
+    });
+}
+
+#[test]
+fn an_oversized_json_body_is_answered_413_while_the_client_still_sends() {
+    let instance = Setup::new("").start();
+    runtime().block_on(async {
+        let alarm_source = instance.client("alarm_source");
+        let padding = "x".repeat(700 * 1024);
+        let body = serde_json::json!({"account": "1234", "event": "E130", "zone": padding});
+        for _ in 0..3 {
+            let response = alarm_source
+                .send(
+                    hyper::Method::POST,
+                    "/v1/alarms",
+                    &[("content-type", "application/json")],
+                    bytes::Bytes::from(body.to_string()),
+                )
+                .await
+                .expect("an answer, not a broken pipe");
+            assert_eq!(
+                (response.status, response.code().as_str()),
+                (413, "payload_too_large")
+            );
+        }
+    });
+}

@@ -125,15 +125,30 @@ impl Request {
     }
 }
 
-/// Reads a whole (small) body with a size limit and an idle timeout per frame.
+/// How long a small (JSON) body may take to arrive, whole.
+const SMALL_BODY_TIME: Duration = Duration::from_secs(30);
+
+/// Reads a whole (small) body with a size limit and an idle timeout per frame. Over the limit
+/// (announced by `Content-Length` or reached), the answer is `413` and the rest of the body is
+/// drained in the background, so that the client, still sending, receives that answer.
 pub async fn read_body(
     mut body: Incoming,
     limit: usize,
     idle: Duration,
 ) -> Result<Bytes, ApiError> {
+    use hyper::body::Body as _;
+    if body.size_hint().lower() > limit as u64 {
+        drain_in_background(futures_util::stream::StreamExt::boxed(
+            handlers::body_stream(body, idle),
+        ));
+        return Err(ApiError::PayloadTooLarge(limit as u64));
+    }
+    // A small body has no reason to take long: a client trickling it pins a connection.
+    let deadline = tokio::time::Instant::now() + SMALL_BODY_TIME;
     let mut out = Vec::new();
     loop {
-        let frame = match tokio::time::timeout(idle, body.frame()).await {
+        let wait = idle.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+        let frame = match tokio::time::timeout(wait, body.frame()).await {
             Err(_) => return Err(ApiError::Timeout),
             Ok(None) => break,
             Ok(Some(Err(error))) => {
@@ -145,6 +160,9 @@ pub async fn read_body(
         };
         if let Ok(data) = frame.into_data() {
             if out.len() + data.len() > limit {
+                drain_in_background(futures_util::stream::StreamExt::boxed(
+                    handlers::body_stream(body, idle),
+                ));
                 return Err(ApiError::PayloadTooLarge(limit as u64));
             }
             out.extend_from_slice(&data);
@@ -367,4 +385,27 @@ impl ChannelWriter {
             buffer: Vec::with_capacity(64 * 1024),
         }
     }
+}
+
+/// Most bytes read and discarded after an early answer, and for how long.
+const DRAIN_BYTES: u64 = 64 << 20;
+const DRAIN_TIME: Duration = Duration::from_secs(30);
+
+/// Reads and discards the rest of a request body in the background (bounded), so that the
+/// answer already sent is not lost to a TCP reset when the connection closes.
+pub fn drain_in_background(
+    mut stream: futures_util::stream::BoxStream<'static, Result<Bytes, std::io::Error>>,
+) {
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(DRAIN_TIME, async {
+            let mut total = 0u64;
+            while let Some(Ok(chunk)) = futures_util::StreamExt::next(&mut stream).await {
+                total += chunk.len() as u64;
+                if total > DRAIN_BYTES {
+                    break;
+                }
+            }
+        })
+        .await;
+    });
 }

@@ -1,10 +1,13 @@
-//! The accept loop and per-connection serving: a connection permit is taken *before* accept
-//! (`server.max_connections`), the TLS handshake runs in the connection's own task under
-//! `server.handshake_timeout`, HTTP/1.1 with a header size limit and a header read timeout, and
-//! a graceful drain on shutdown. Then each request is routed, authenticated, authorised (denials
-//! audited) and dispatched.
+//! The accept loop and per-connection serving: at most `server.max_connections` connections;
+//! at the limit, a new connection takes the place of the oldest one still in its TLS handshake
+//! (unauthenticated: a flood of connections that never finish their handshake cannot lock out
+//! clients that do), or waits for a place when every connection is authenticated. The TLS
+//! handshake runs in the connection's own task under `server.handshake_timeout`, then HTTP/1.1
+//! with a header size limit and a header read timeout, and a graceful drain on shutdown. Then
+//! each request is routed, authenticated, authorised (denials audited) and dispatched.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use hyper::Response;
@@ -34,14 +37,8 @@ pub async fn run(
 ) {
     let acceptor = TlsAcceptor::from(tls_config);
     let permits = Arc::new(Semaphore::new(state.config.server.max_connections));
+    let handshakes = Arc::new(Handshakes::default());
     loop {
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            permit = permits.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
-        };
         let (tcp, _peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
@@ -54,13 +51,83 @@ pub async fn run(
                 }
             },
         };
+        let permit = match permits.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                // Full: the oldest connection still in its handshake gives way, if there is one.
+                if handshakes.shed_oldest() {
+                    state.metrics.count_tls_failure("shed");
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    permit = permits.clone().acquire_owned() => match permit {
+                        Ok(permit) => permit,
+                        Err(_) => break,
+                    },
+                }
+            }
+        };
         let acceptor = acceptor.clone();
         let state = state.clone();
         let shutdown = shutdown.clone();
+        let pending = handshakes.enter();
         tracker.spawn(async move {
             let _permit = permit;
-            serve_connection(tcp, acceptor, state, shutdown).await;
+            serve_connection(tcp, acceptor, state, shutdown, pending).await;
         });
+    }
+}
+
+/// The connections still in their TLS handshake, oldest first.
+#[derive(Default)]
+struct Handshakes {
+    queue: Mutex<VecDeque<(u64, CancellationToken)>>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+/// One connection's place in `Handshakes`; leaving it (or dropping it) takes it out.
+struct PendingHandshake {
+    handshakes: Arc<Handshakes>,
+    id: u64,
+    shed: CancellationToken,
+}
+
+impl Handshakes {
+    fn enter(self: &Arc<Self>) -> PendingHandshake {
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let shed = CancellationToken::new();
+        self.lock().push_back((id, shed.clone()));
+        PendingHandshake {
+            handshakes: Arc::clone(self),
+            id,
+            shed,
+        }
+    }
+
+    /// Ends the oldest pending handshake; false when there is none.
+    fn shed_oldest(&self) -> bool {
+        match self.lock().pop_front() {
+            Some((_, shed)) => {
+                shed.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<(u64, CancellationToken)>> {
+        self.queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl Drop for PendingHandshake {
+    fn drop(&mut self) {
+        let mut queue = self.handshakes.lock();
+        if let Some(at) = queue.iter().position(|(id, _)| *id == self.id) {
+            queue.remove(at);
+        }
     }
 }
 
@@ -69,31 +136,40 @@ async fn serve_connection(
     acceptor: TlsAcceptor,
     state: Arc<AppState>,
     shutdown: CancellationToken,
+    pending: PendingHandshake,
 ) {
     let _ = tcp.set_nodelay(true);
-    let handshake =
-        tokio::time::timeout(state.config.server.handshake_timeout, acceptor.accept(tcp)).await;
-    let stream = match handshake {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(error)) => {
-            tracing::info!(%error, "TLS handshake refused");
-            return;
-        }
-        Err(_) => {
-            tracing::info!("TLS handshake timed out");
+    // Failed handshakes are counted (`tls_handshake_failures_total`) and logged at debug only:
+    // anyone who reaches the port can cause them by the thousand.
+    let handshake = tokio::select! {
+        accepted = tokio::time::timeout(state.config.server.handshake_timeout, acceptor.accept(tcp)) => accepted,
+        _ = pending.shed.cancelled() => {
+            tracing::debug!("TLS handshake shed: connection limit reached");
             return;
         }
     };
+    drop(pending);
+    let stream = match handshake {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) => {
+            state.metrics.count_tls_failure("refused");
+            tracing::debug!(%error, "TLS handshake refused");
+            return;
+        }
+        Err(_) => {
+            state.metrics.count_tls_failure("timeout");
+            tracing::debug!("TLS handshake timed out");
+            return;
+        }
+    };
+    // A certificate the CA signed but whose subject names no single, plain CN is served all the
+    // same: each of its requests is refused `403 unknown_identity` and audited.
     let cn = {
         let (_, session) = stream.get_ref();
         session
             .peer_certificates()
             .and_then(|chain| chain.first())
             .and_then(tls::common_name)
-    };
-    let Some(cn) = cn else {
-        tracing::info!("client certificate without a usable CN");
-        return;
     };
     let service_state = state.clone();
     let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
@@ -126,7 +202,7 @@ async fn serve_connection(
 async fn handle(
     request: hyper::Request<hyper::body::Incoming>,
     state: Arc<AppState>,
-    cn: String,
+    cn: Option<String>,
 ) -> Response<Body> {
     let started = Instant::now();
     let (parts, body) = request.into_parts();
@@ -142,8 +218,15 @@ async fn handle(
     }
     // A one-row read on an idle reader connection (it never waits for the writer): cheaper
     // here than the two thread switches of a blocking hand-off, paid by every request.
-    let role = state.catalog.role_of(&cn);
     let routed = Endpoint::parse(&parts.method, parts.uri.path());
+    // No usable CN: no role, and the audit entry says why.
+    let (cn, role) = match cn {
+        Some(cn) => {
+            let role = state.catalog.role_of(&cn);
+            (cn, role)
+        }
+        None => (tls::NO_USABLE_CN.to_owned(), Ok(None)),
+    };
     // Who asks comes first: a certificate without a role learns nothing of the API, not even
     // which paths exist.
     let role = match role {
@@ -153,7 +236,10 @@ async fn handle(
                 Ok(endpoint) => (endpoint.name(), endpoint.object()),
                 Err(_) => ("unknown", String::new()),
             };
-            let why = "certificate CN has no role";
+            let why = match cn.as_str() {
+                tls::NO_USABLE_CN => "the certificate's subject has no single, printable CN",
+                _ => "certificate CN has no role",
+            };
             let refusal = match deny_as(&state, &cn, "", action, &object, why).await {
                 Ok(()) => ApiError::UnknownIdentity,
                 Err(unaudited) => unaudited,

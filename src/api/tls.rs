@@ -118,15 +118,52 @@ fn pem_error<'p>(
 /// The subject CN of a verified client certificate (the first one if several).
 pub fn common_name(cert: &CertificateDer<'_>) -> Option<String> {
     let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
-    let cn = parsed
-        .subject()
-        .iter_common_name()
-        .next()?
-        .as_str()
-        .ok()?
-        .to_owned();
-    match cn.is_empty() || cn.len() > 256 || cn.chars().any(char::is_control) {
+    let mut names = parsed.subject().iter_common_name();
+    let cn = names.next()?.as_str().ok()?.to_owned();
+    // Two CNs (`/CN=supervisor/CN=dpo`, or `CN=supervisor+CN=dpo`) name no one: which one a
+    // program picks differs from program to program.
+    if names.next().is_some() {
+        return None;
+    }
+    match cn.is_empty() || cn.len() > 256 || !printable(&cn) {
         true => None,
         false => Some(cn),
+    }
+}
+
+/// The actor of a request whose certificate has no usable CN (`user add` refuses it as a CN).
+pub const NO_USABLE_CN: &str = "(no usable CN)";
+
+/// No control character, nor an invisible one that changes how the name displays (bidi
+/// overrides such as U+202E show `\u{202e}opd` as "dpo"; zero-width characters).
+pub fn printable(text: &str) -> bool {
+    !text.chars().any(|c| {
+        c.is_control()
+            || matches!(c,
+                '\u{200b}'..='\u{200f}'
+                | '\u{202a}'..='\u{202e}'
+                | '\u{2060}'..='\u{2064}'
+                | '\u{2066}'..='\u{2069}'
+                | '\u{feff}')
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::printable;
+
+    #[test]
+    fn names_that_display_as_another_are_not_printable() {
+        assert!(printable("dpo"));
+        assert!(printable("opérateur 2"));
+        for name in [
+            "\u{202e}opd",
+            "d\u{200b}po",
+            "dpo\u{2066}",
+            "\u{feff}dpo",
+            "dp\no",
+        ] {
+            assert!(!printable(name), "{}", name.escape_debug());
+        }
     }
 }

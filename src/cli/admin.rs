@@ -134,11 +134,17 @@ fn open_catalog(config: &Config) -> anyhow::Result<Catalog> {
 /// CNs are identifiers, not free text: the certificate's common name alone, as the server reads
 /// it, which never starts or ends with a space nor is a whole distinguished name.
 fn validate_cn(cn: &str) -> anyhow::Result<()> {
-    if cn.is_empty() || cn.len() > 256 || cn.chars().any(char::is_control) {
-        bail!("`{cn}` is not a usable certificate CN (1–256 printable characters)");
+    if cn.is_empty() || cn.len() > 256 || !crate::api::tls::printable(cn) {
+        bail!(
+            "`{}` is not a usable certificate CN (1–256 printable characters)",
+            cn.escape_debug()
+        );
     }
     if cn.trim() != cn {
         bail!("`{cn}` starts or ends with a space: no certificate CN will match it");
+    }
+    if cn == crate::api::tls::NO_USABLE_CN {
+        bail!("`{cn}` is how the audit log names certificates without a usable CN");
     }
     let upper = cn.to_ascii_uppercase();
     if upper.starts_with("CN=") || upper.contains(",O=") || upper.contains(", O=") {

@@ -6,6 +6,7 @@ mod alarms;
 mod audit;
 mod policy;
 mod recordings;
+pub(crate) use recordings::body_stream;
 mod status;
 
 use std::sync::Arc;

@@ -15,8 +15,8 @@ use hyper::{Response, StatusCode, header};
 use crate::access::{PURPOSES, Role, purpose_allowed};
 use crate::api::error::ApiError;
 use crate::api::{
-    AppState, Body, Caller, ChannelWriter, Request, channel_body, json, limit_param, page,
-    text_field, time_range,
+    AppState, Body, Caller, ChannelWriter, Request, channel_body, drain_in_background, json,
+    limit_param, page, text_field, time_range,
 };
 use crate::audit::chain::{AuditDraft, Outcome, format_time};
 use crate::catalog::policy::Deletion;
@@ -33,7 +33,7 @@ use crate::vault::BlobId;
 use crate::vault::store::PlainReader;
 
 /// The request body as a byte stream, each frame bounded by `idle`.
-fn body_stream(
+pub(crate) fn body_stream(
     body: Incoming,
     idle: Duration,
 ) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
@@ -80,6 +80,8 @@ struct UploadBodyState {
     budget: Option<u64>,
     /// The budget ran out (the error multer reports does not say so).
     exceeded: bool,
+    /// The client sent nothing for `server.idle_timeout`.
+    timed_out: bool,
 }
 
 impl UploadBody {
@@ -90,6 +92,7 @@ impl UploadBody {
             ))),
             budget: Some(FRAMING_BUDGET),
             exceeded: false,
+            timed_out: false,
         })))
     }
 
@@ -106,6 +109,10 @@ impl UploadBody {
 
     fn exceeded(&self) -> bool {
         self.lock().exceeded
+    }
+
+    fn timed_out(&self) -> bool {
+        self.lock().timed_out
     }
 
     /// What multer has not read of the body yet.
@@ -129,6 +136,11 @@ impl futures_util::Stream for UploadBody {
             return Poll::Ready(None);
         };
         let polled = stream.as_mut().poll_next(cx);
+        if let Poll::Ready(Some(Err(error))) = &polled
+            && error.kind() == std::io::ErrorKind::TimedOut
+        {
+            state.timed_out = true;
+        }
         if let Poll::Ready(Some(Ok(chunk))) = &polled
             && let Some(budget) = state.budget
         {
@@ -182,6 +194,8 @@ pub(super) async fn upload(
     let result = upload_parts(state, &request.caller, &mut multipart, &body).await;
     drop(multipart);
     let result = match result {
+        // A client that stopped sending mid-body: 408, not a malformed request.
+        Err(ApiError::BadRequest(_)) if body.timed_out() => Err(ApiError::Timeout),
         Err(ApiError::BadRequest(_)) if body.exceeded() => Err(ApiError::BadRequest(format!(
             "malformed multipart body: more than {FRAMING_BUDGET} bytes before the audio part's \
              data (preamble, part headers, metadata)"
@@ -315,29 +329,6 @@ async fn upload_parts(
 
 fn idle_of(state: &AppState) -> Duration {
     state.config.server.idle_timeout
-}
-
-/// Most bytes read and discarded after an early answer, and for how long.
-const DRAIN_BYTES: u64 = 64 << 20;
-const DRAIN_TIME: Duration = Duration::from_secs(30);
-
-/// Reads and discards the rest of a request body in the background (bounded), so that the
-/// answer already sent is not lost to a TCP reset when the connection closes.
-fn drain_in_background(
-    mut stream: futures_util::stream::BoxStream<'static, Result<Bytes, std::io::Error>>,
-) {
-    tokio::spawn(async move {
-        let _ = tokio::time::timeout(DRAIN_TIME, async {
-            let mut total = 0u64;
-            while let Some(Ok(chunk)) = futures_util::StreamExt::next(&mut stream).await {
-                total += chunk.len() as u64;
-                if total > DRAIN_BYTES {
-                    break;
-                }
-            }
-        })
-        .await;
-    });
 }
 
 /// Masks a number for roles that must not see it in full.
