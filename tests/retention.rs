@@ -249,6 +249,15 @@ fn retention_holds_objections_and_erasure_end_to_end() {
         assert!(!blob_exists(setup, &held_old));
         let response = dpo.get(&format!("/v1/recordings/{held_new}")).await.unwrap();
         assert_eq!(response.json()["tombstone"]["reason"], "objection");
+        // The released hold still says what it covered, deleted recordings included.
+        let released = legal.get(&format!("/v1/holds/{hold_id}")).await.unwrap().json();
+        assert_eq!(released["state"], "released");
+        let ids = released["recording_ids"].as_array().unwrap();
+        assert_eq!(ids.len() as u64, released["recordings"].as_u64().unwrap(), "{released}");
+        for id in [&held_new, &later, &held_old] {
+            let id = id.to_string();
+            assert!(ids.iter().any(|listed| listed.as_str() == Some(id.as_str())), "{id} not in {released}");
+        }
 
         // The server counted each deletion by its reason, the deferred ones at release (the
         // expired one went through the CLI's purge, another process), and each discard.

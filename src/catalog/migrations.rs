@@ -169,6 +169,13 @@ const MIGRATIONS: &[&str] = &[
      -- An alarm event's partition or area, and the receiver line it came in on.
      ALTER TABLE alarm_events ADD COLUMN grp TEXT;
      ALTER TABLE alarm_events ADD COLUMN line TEXT;",
+    // 6: a released hold keeps the list of what it covered (ids only): legal and the DPO can
+    // still tell which recordings it held, and so why one outlived its retention.
+    "CREATE TABLE released_hold_recordings (
+         hold_id TEXT NOT NULL,
+         recording_id TEXT NOT NULL,
+         PRIMARY KEY (hold_id, recording_id)
+     ) STRICT, WITHOUT ROWID;",
 ];
 
 /// The schema version this build writes.

@@ -505,6 +505,12 @@ impl Catalog {
                 params![id, secs(now), released_by, reason, covered.len() as i64],
             )
             .map_err(sql("hold release"))?;
+            tx.execute(
+                "INSERT INTO released_hold_recordings (hold_id, recording_id)
+                 SELECT hold_id, recording_id FROM hold_recordings WHERE hold_id = ?1",
+                [id],
+            )
+            .map_err(sql("hold release"))?;
             tx.execute("DELETE FROM hold_recordings WHERE hold_id = ?1", [id]).map_err(sql("hold release"))?;
             audit_log::append(tx, audit, now)?;
             let mut deleted = Vec::new();
@@ -551,7 +557,7 @@ impl Catalog {
         })
     }
 
-    /// One hold and the recordings it covers now.
+    /// One hold and the recordings it covers now, or covered when it was released.
     pub fn hold_get(&self, id: &str) -> Result<Option<(HoldRow, Vec<BlobId>)>, CatalogError> {
         let list = self.read(|conn| {
             let hold = conn
@@ -567,7 +573,13 @@ impl Catalog {
                 .optional()
                 .map_err(sql("hold get"))?;
             let Some(hold) = hold else { return Ok(None) };
-            let covered = ids_where(conn, "SELECT recording_id FROM hold_recordings WHERE hold_id = ?1 ORDER BY recording_id", &id)?;
+            let covered = ids_where(
+                conn,
+                "SELECT recording_id FROM hold_recordings WHERE hold_id = ?1
+                 UNION ALL SELECT recording_id FROM released_hold_recordings WHERE hold_id = ?1
+                 ORDER BY 1",
+                &id,
+            )?;
             Ok(Some((hold?, covered)))
         })?;
         Ok(list)

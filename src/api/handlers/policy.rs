@@ -84,6 +84,7 @@ pub(super) async fn objection_create(
     let body = request
         .json(JSON_LIMIT, state.config.server.idle_timeout)
         .await?;
+    known_keys(&body, "the objection", &["caller", "source", "reference"])?;
     let number = phone(text_field(&body, "caller", 64)?, "caller")?;
     let source_text = text_field(&body, "source", 16)?;
     let source = Source::parse(source_text).ok_or_else(|| {
