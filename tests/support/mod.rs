@@ -303,6 +303,18 @@ impl Drop for Instance {
                 "---- callguard log ----\n{}\n-----------------------",
                 self.log()
             );
+            return;
+        }
+        // A panic in a server task is caught by the runtime and the request goes on failing
+        // quietly: any test whose server panicked fails. (The stderr reader may still be
+        // catching up with the last lines; they are rare, and the next test catches them.)
+        // Decoder panics that the probe contains (symphonia on malformed input) are expected.
+        let log = self.log();
+        if let Some(line) = log
+            .lines()
+            .find(|line| line.contains("panicked at") && !line.contains("symphonia"))
+        {
+            panic!("the server panicked: {line}\n---- callguard log ----\n{log}");
         }
     }
 }

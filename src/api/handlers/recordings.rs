@@ -136,10 +136,13 @@ impl futures_util::Stream for UploadBody {
             return Poll::Ready(None);
         };
         let polled = stream.as_mut().poll_next(cx);
-        if let Poll::Ready(Some(Err(error))) = &polled
-            && error.kind() == std::io::ErrorKind::TimedOut
-        {
-            state.timed_out = true;
+        match &polled {
+            // Ended: not polled again (a finished stream may panic), nothing left to drain.
+            Poll::Ready(None) => state.stream = None,
+            Poll::Ready(Some(Err(error))) if error.kind() == std::io::ErrorKind::TimedOut => {
+                state.timed_out = true;
+            }
+            _ => {}
         }
         if let Poll::Ready(Some(Ok(chunk))) = &polled
             && let Some(budget) = state.budget
