@@ -608,3 +608,44 @@ fn a_deleted_call_is_not_stored_again_and_refused_reads_are_audited() {
         );
     });
 }
+
+#[test]
+fn time_bounds_include_both_ends_to_the_second_and_misspelt_filters_are_refused() {
+    let instance = Setup::new("").start();
+    runtime().block_on(async {
+        let (recorder, dpo, legal) = (instance.client("recorder"), instance.client("dpo"), instance.client("legal"));
+        let at = started_ago(SignedDuration::from_hours(2));
+        let id = stored(&recorder, meta("bounds-1", &at, "0611223344", None), &wav(21)).await;
+        let t: jiff::Timestamp = at.parse().unwrap();
+        let second = |delta: i64| t.checked_add(SignedDuration::from_secs(delta)).unwrap().to_string();
+        let count = |query: String| {
+            let dpo = &dpo;
+            async move {
+                let response = dpo.get(&format!("/v1/recordings?{query}")).await.unwrap();
+                (response.status, response.json()["items"].as_array().map(Vec::len).unwrap_or(0))
+            }
+        };
+        let q = crate::ingest_http::query_escape;
+        assert_eq!(count(format!("from={}&to={}", q(&at), q(&at))).await, (200, 1), "from = to = the start");
+        assert_eq!(count(format!("to={}", q(&second(-1)))).await, (200, 0));
+        assert_eq!(count(format!("from={}", q(&second(1)))).await, (200, 0));
+        assert_eq!(count(format!("from={}&to={}", q(&at), q(&second(-1)))).await.0, 400, "to before from");
+        assert_eq!(count("CALLER=0699".to_owned()).await.0, 400, "a misspelt filter");
+        assert_eq!(count("caller=&cursor=".to_owned()).await, (200, 1), "an empty one is absent");
+
+        // A hold over [t, t] covers the call that started at t, and says so.
+        let hold = legal
+            .post_json(
+                "/v1/holds",
+                &serde_json::json!({"case_ref": "RG 26/1", "reason": "bounds", "selector": {"from": at, "to": at}}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(hold.status, 201, "{:?}", hold.body);
+        assert_eq!(hold.json()["recordings"], 1);
+        let hold_id = hold.json()["id"].as_str().unwrap().to_owned();
+        let shown = legal.get(&format!("/v1/holds/{hold_id}")).await.unwrap().json();
+        assert_eq!((shown["from"].as_str(), shown["to"].as_str()), (Some(at.as_str()), Some(at.as_str())));
+        assert_eq!(shown["recording_ids"][0], id.to_string());
+    });
+}

@@ -98,8 +98,8 @@ impl Request {
             .filter(|v| !v.is_empty())
     }
 
-    /// Refuses query parameters other than `known`, and empty ones, for a search: a misspelt
-    /// or empty filter left out would widen it to everything.
+    /// Refuses query parameters other than `known`, for a search: a misspelt filter left out
+    /// would widen it to everything. (An empty one is absent, as a form's empty field means.)
     pub fn only_params(&self, known: &[&str]) -> Result<(), ApiError> {
         let mut keys: Vec<&String> = self.query.keys().collect();
         keys.sort();
@@ -109,9 +109,6 @@ impl Request {
                     "unknown query parameter `{key}` (this search takes {})",
                     known.join(", ")
                 )));
-            }
-            if self.query[key].is_empty() {
-                return Err(ApiError::BadRequest(format!("`{key}` is empty")));
             }
         }
         Ok(())

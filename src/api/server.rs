@@ -307,10 +307,12 @@ async fn handle(
 /// Why a request sent by a browser on behalf of another site's page is refused, if it is one
 /// (cross-site request forgery: a browser holding a client certificate presents it to any page's
 /// requests). The Fetch Metadata resource isolation policy: a browser says where a request comes
-/// from (`Sec-Fetch-Site`); only same-origin requests, requests the user typed or bookmarked,
-/// and plain navigations (a link to a recording's audio) pass. Browsers too old to say so still
-/// send `Origin` with any request that changes something, which must then be this server's.
-/// Non-browser clients (the recorder, curl, scripts) send neither header.
+/// from (`Sec-Fetch-Site`); same-origin requests and requests the user typed or bookmarked
+/// pass, and from another site only reads a page may make without reading the answer: a
+/// navigation (a link to a recording's audio) or a media element (a supervision web page's
+/// player, `format=wav`). Browsers too old to say so still send `Origin` with any request that
+/// changes something, which must then be this server's. Non-browser clients (the recorder,
+/// curl, scripts) send neither header.
 fn cross_site(method: &hyper::Method, headers: &hyper::HeaderMap) -> Option<&'static str> {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let safe = matches!(*method, hyper::Method::GET | hyper::Method::HEAD);
@@ -319,7 +321,8 @@ fn cross_site(method: &hyper::Method, headers: &hyper::HeaderMap) -> Option<&'st
         Some(_) => {
             let navigation = header("sec-fetch-mode") == Some("navigate")
                 && !matches!(header("sec-fetch-dest"), Some("object" | "embed"));
-            match safe && navigation {
+            let media = matches!(header("sec-fetch-dest"), Some("audio" | "video" | "track"));
+            match safe && (navigation || media) {
                 true => None,
                 false => Some("request from another site's page (Sec-Fetch-Site)"),
             }

@@ -76,16 +76,13 @@ pub(super) async fn post(
             .map_err(|_| ApiError::BadRequest("`received_at` is not an RFC 3339 time".into()))?,
         None => now,
     };
-    // An alarm source's clock may drift, not by days: a time far off would misorder the
-    // account's case (and a future one keep `last_event_at` ahead of every later event).
+    // An alarm source's clock may drift, not by days: a time far ahead would keep the
+    // account's case `last_event_at` ahead of every later event.
     let tolerance = crate::ingest::FUTURE_TOLERANCE;
-    if received_at > now.saturating_add(tolerance).unwrap_or(now)
-        || received_at < now.saturating_sub(tolerance * 30).unwrap_or(now)
-    {
+    if received_at > now.saturating_add(tolerance).unwrap_or(now) {
         return Err(ApiError::BadRequest(format!(
-            "`received_at` is more than {} hours ahead of this server's clock or {} days behind it",
+            "`received_at` is more than {} hours ahead of this server's clock",
             tolerance.as_hours(),
-            tolerance.as_hours() * 30 / 24
         )));
     }
     let account = account.to_owned();
