@@ -1125,6 +1125,20 @@ fn audio_reads_need_a_role_and_a_purpose_it_may_state_and_are_audited() {
             .filter(|e| e["outcome"] == "denied")
             .count();
         assert!(denied >= 2, "the recorder's refusals are not audited");
+        // A role refused audio is audited with the purpose it stated.
+        let operator_audit = ok(
+            "audit",
+            dpo.get("/v1/audit?actor=operator&action=recording.read_audio"),
+        )
+        .await;
+        let operator_entries = operator_audit.json();
+        let stated: Vec<&str> = operator_entries["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|e| e["purpose"].as_str())
+            .collect();
+        assert_eq!(stated, ["quality_review"]);
 
         assert_no_plaintext(
             &instance.setup.data,

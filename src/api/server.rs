@@ -265,14 +265,25 @@ async fn handle(
     };
     let name = endpoint.name();
     if !endpoint.allowed_roles().contains(&role) {
-        let audited = deny(
-            &state,
+        // The purpose a refused audio read stated goes with its entry (a known purpose only:
+        // the query is the client's free text).
+        let stated = parse_query(parts.uri.query())
+            .ok()
+            .and_then(|query| query.get("purpose").cloned())
+            .filter(|purpose| crate::access::PURPOSES.contains(&purpose.as_str()));
+        let draft = AuditDraft::new(
             &cn,
             role.as_str(),
-            &endpoint,
-            "role not allowed on this endpoint",
+            name,
+            &endpoint.object(),
+            Outcome::Denied,
         )
-        .await;
+        .detail("role not allowed on this endpoint");
+        let draft = match &stated {
+            Some(purpose) => draft.purpose(purpose),
+            None => draft,
+        };
+        let audited = audit_refusal(&state, draft).await;
         let refusal = match audited {
             Ok(()) => ApiError::Forbidden(format!(
                 "role `{role}` may not call {} {}",
@@ -361,7 +372,15 @@ async fn deny_as(
     object: &str,
     why: &str,
 ) -> Result<(), ApiError> {
-    let draft = AuditDraft::new(cn, role, action, object, Outcome::Denied).detail(why);
+    audit_refusal(
+        state,
+        AuditDraft::new(cn, role, action, object, Outcome::Denied).detail(why),
+    )
+    .await
+}
+
+/// Writes a refusal's audit entry (see `deny`).
+async fn audit_refusal(state: &Arc<AppState>, draft: AuditDraft) -> Result<(), ApiError> {
     let now = state.clock.now();
     match state
         .catalog
