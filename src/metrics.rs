@@ -47,7 +47,7 @@ pub struct Metrics {
 }
 
 /// Why a connection ended before its TLS handshake completed.
-pub const TLS_FAILURE_REASONS: [&str; 3] = ["refused", "timeout", "shed"];
+pub const TLS_FAILURE_REASONS: [&str; 4] = ["refused", "closed", "timeout", "shed"];
 
 fn request_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 16))
@@ -134,7 +134,8 @@ impl Metrics {
         registry.register(
             "tls_handshake_failures",
             "Connections ended before their TLS handshake completed: refused (bad or no client \
-             certificate), timeout, or shed for a new connection at server.max_connections",
+             certificate, not TLS), closed by the peer, timeout, or shed for a new connection at \
+             server.max_connections",
             tls_failures.clone(),
         );
         // Every known label value is exported from the start, at 0: a dashboard or an alert

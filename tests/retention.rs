@@ -631,6 +631,7 @@ fn time_bounds_include_both_ends_to_the_second_and_misspelt_filters_are_refused(
         assert_eq!(count(format!("from={}", q(&second(1)))).await, (200, 0));
         assert_eq!(count(format!("from={}&to={}", q(&at), q(&second(-1)))).await.0, 400, "to before from");
         assert_eq!(count("CALLER=0699".to_owned()).await.0, 400, "a misspelt filter");
+        assert_eq!(count(format!("from={}&from={}", q(&at), q(&second(2)))).await.0, 400, "two values");
         assert_eq!(count("caller=&cursor=".to_owned()).await, (200, 1), "an empty one is absent");
 
         // A hold over [t, t] covers the call that started at t, and says so.

@@ -168,8 +168,9 @@ pub async fn read_body(
     Ok(Bytes::from(out))
 }
 
-/// Parses `a=1&b=x%20y` (with `+` as space). Repeated keys keep the last value. A malformed
-/// escape is an error naming the parameter: dropping it would widen a search to everything.
+/// Parses `a=1&b=x%20y` (with `+` as space). A malformed escape is an error naming the
+/// parameter: dropping it would widen a search to everything. So is a key given twice with two
+/// values (`from=…&from=…`): one of them would be dropped without a word.
 pub fn parse_query(query: Option<&str>) -> Result<HashMap<String, String>, String> {
     let mut out = HashMap::new();
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
@@ -181,6 +182,13 @@ pub fn parse_query(query: Option<&str>) -> Result<HashMap<String, String>, Strin
         let value = decode(value).ok_or_else(|| {
             format!("the value of query parameter `{key}` is not valid percent-encoded UTF-8")
         })?;
+        if let Some(previous) = out.get(&key)
+            && *previous != value
+        {
+            return Err(format!(
+                "query parameter `{key}` is given twice, with two values"
+            ));
+        }
         out.insert(key, value);
     }
     Ok(out)

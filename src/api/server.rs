@@ -152,7 +152,12 @@ async fn serve_connection(
     let stream = match handshake {
         Ok(Ok(stream)) => stream,
         Ok(Err(error)) => {
-            state.metrics.count_tls_failure("refused");
+            // rustls's refusals come as InvalidData; anything else is the peer going away.
+            let reason = match error.kind() {
+                std::io::ErrorKind::InvalidData => "refused",
+                _ => "closed",
+            };
+            state.metrics.count_tls_failure(reason);
             tracing::debug!(%error, "TLS handshake refused");
             return;
         }

@@ -134,17 +134,30 @@ pub fn common_name(cert: &CertificateDer<'_>) -> Option<String> {
 /// The actor of a request whose certificate has no usable CN (`user add` refuses it as a CN).
 pub const NO_USABLE_CN: &str = "(no usable CN)";
 
-/// No control character, nor an invisible one that changes how the name displays (bidi
-/// overrides such as U+202E show `\u{202e}opd` as "dpo"; zero-width characters).
+/// No control character, nor an invisible one that changes how the name displays or shows
+/// nothing (bidi controls such as U+202E show `\u{202e}opd` as "dpo"; zero-width characters,
+/// the soft hyphen, fillers, variation selectors, tags): `bob` and `bob\u{ad}` would read the
+/// same in `user list` and the audit log.
 pub fn printable(text: &str) -> bool {
     !text.chars().any(|c| {
         c.is_control()
             || matches!(c,
-                '\u{200b}'..='\u{200f}'
+                '\u{ad}'
+                | '\u{34f}'
+                | '\u{61c}'
+                | '\u{115f}'..='\u{1160}'
+                | '\u{17b4}'..='\u{17b5}'
+                | '\u{180b}'..='\u{180f}'
+                | '\u{200b}'..='\u{200f}'
                 | '\u{202a}'..='\u{202e}'
-                | '\u{2060}'..='\u{2064}'
-                | '\u{2066}'..='\u{2069}'
-                | '\u{feff}')
+                | '\u{2060}'..='\u{206f}'
+                | '\u{3164}'
+                | '\u{fe00}'..='\u{fe0f}'
+                | '\u{feff}'
+                | '\u{ffa0}'
+                | '\u{fff0}'..='\u{fffb}'
+                | '\u{1d173}'..='\u{1d17a}'
+                | '\u{e0000}'..='\u{e0fff}')
     })
 }
 
@@ -162,6 +175,10 @@ mod tests {
             "dpo\u{2066}",
             "\u{feff}dpo",
             "dp\no",
+            "bob\u{61c}",
+            "bob\u{ad}",
+            "bob\u{3164}",
+            "bob\u{fe0f}",
         ] {
             assert!(!printable(name), "{}", name.escape_debug());
         }

@@ -86,6 +86,7 @@ pub fn parse_period(text: &str) -> Result<Period, UnitError> {
     if unit.is_empty() {
         return Err(UnitError::NoUnit(text.trim().to_owned()));
     }
+    let written = unit;
     let unit = match unit {
         "M" => "months".to_owned(),
         other => other.to_ascii_lowercase(),
@@ -109,7 +110,7 @@ pub fn parse_period(text: &str) -> Result<Period, UnitError> {
         }
         _ => {
             return Err(UnitError::UnknownUnit {
-                unit: unit.to_owned(),
+                unit: written.to_owned(),
                 expected: DURATION_UNITS,
             });
         }
