@@ -142,9 +142,8 @@ impl Cases<'_> {
     }
 
     fn stale_before(&self, now: jiff::Timestamp) -> jiff::Timestamp {
-        let span =
-            jiff::SignedDuration::try_from(self.max_open).unwrap_or(jiff::SignedDuration::MAX);
-        now.checked_sub(span).unwrap_or(jiff::Timestamp::MIN)
+        now.checked_sub(self.max_open_span())
+            .unwrap_or(jiff::Timestamp::MIN)
     }
 
     /// Applies one alarm event, from `origin`.

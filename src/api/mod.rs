@@ -318,7 +318,6 @@ pub fn id_cursor_param(request: &Request, id_prefix: &str) -> Result<Option<Stri
     }
 }
 
-/// An RFC 3339 time query parameter.
 /// `from` and `to`, both included, to the second (times are stored to the second; a fraction is
 /// dropped): `to` is not before `from`.
 pub fn time_range(
@@ -333,6 +332,7 @@ pub fn time_range(
     Ok((from, to))
 }
 
+/// An RFC 3339 time query parameter.
 pub fn time_param(request: &Request, name: &str) -> Result<Option<jiff::Timestamp>, ApiError> {
     match request.param(name) {
         None => Ok(None),
