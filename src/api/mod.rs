@@ -135,9 +135,7 @@ pub async fn read_body(
 ) -> Result<Bytes, ApiError> {
     use hyper::body::Body as _;
     if body.size_hint().lower() > limit as u64 {
-        drain_in_background(futures_util::stream::StreamExt::boxed(
-            handlers::body_stream(body, idle),
-        ));
+        drain_body(body, idle);
         return Err(ApiError::PayloadTooLarge(limit as u64));
     }
     // A small body has no reason to take long: a client trickling it pins a connection.
@@ -157,9 +155,7 @@ pub async fn read_body(
         };
         if let Ok(data) = frame.into_data() {
             if out.len() + data.len() > limit {
-                drain_in_background(futures_util::stream::StreamExt::boxed(
-                    handlers::body_stream(body, idle),
-                ));
+                drain_body(body, idle);
                 return Err(ApiError::PayloadTooLarge(limit as u64));
             }
             out.extend_from_slice(&data);
@@ -395,6 +391,13 @@ impl ChannelWriter {
 /// Most bytes read and discarded after an early answer, and for how long.
 const DRAIN_BYTES: u64 = 64 << 20;
 const DRAIN_TIME: Duration = Duration::from_secs(30);
+
+/// `drain_in_background` for a request body not read yet (each frame bounded by `idle`).
+pub fn drain_body(body: Incoming, idle: Duration) {
+    drain_in_background(futures_util::stream::StreamExt::boxed(
+        handlers::body_stream(body, idle),
+    ));
+}
 
 /// Reads and discards the rest of a request body in the background (bounded), so that the
 /// answer already sent is not lost to a TCP reset when the connection closes.

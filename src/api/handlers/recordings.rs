@@ -15,8 +15,8 @@ use hyper::{Response, StatusCode, header};
 use crate::access::{PURPOSES, Role, purpose_allowed};
 use crate::api::error::ApiError;
 use crate::api::{
-    AppState, Body, Caller, ChannelWriter, Request, channel_body, drain_in_background, json,
-    limit_param, page, text_field, time_range,
+    AppState, Body, Caller, ChannelWriter, Request, channel_body, drain_body, drain_in_background,
+    json, limit_param, page, text_field, time_range,
 };
 use crate::audit::chain::{AuditDraft, Outcome, format_time};
 use crate::catalog::policy::Deletion;
@@ -175,10 +175,7 @@ pub(super) async fn upload(
         .and_then(|v| v.parse::<u64>().ok())
         && length > limit.saturating_add(MAX_METADATA_BYTES as u64 + 64 * 1024)
     {
-        drain_in_background(futures_util::stream::StreamExt::boxed(body_stream(
-            request.body,
-            idle_of(state),
-        )));
+        drain_body(request.body, idle_of(state));
         return Err(ApiError::PayloadTooLarge(limit));
     }
     let content_type = request
