@@ -131,6 +131,10 @@ impl Drop for PendingHandshake {
     }
 }
 
+/// Bytes one read from a client's socket may take (a bulk upload's body arrives in 64 KiB
+/// segments on loopback and local links); a slow client fills only its first pages.
+const SOCKET_READ_BUFFER: usize = 64 * 1024;
+
 async fn serve_connection(
     tcp: tokio::net::TcpStream,
     acceptor: TlsAcceptor,
@@ -139,6 +143,9 @@ async fn serve_connection(
     pending: PendingHandshake,
 ) {
     let _ = tcp.set_nodelay(true);
+    // rustls asks the socket for one record (16 KiB) at a time; an upload arrives faster than
+    // that, so reads go through a buffer that takes what the socket holds in one call.
+    let tcp = tokio::io::BufReader::with_capacity(SOCKET_READ_BUFFER, tcp);
     // Failed handshakes are counted (`tls_handshake_failures_total`) and logged at debug only:
     // anyone who reaches the port can cause them by the thousand.
     let handshake = tokio::select! {

@@ -294,8 +294,15 @@ fn snapshot<T>(
 }
 
 /// A connection of the catalog's database, with the settings every connection shares: a busy
-/// timeout, untrusted schema, a statement cache for the hot statements. `extra` adds open flags
-/// (the writer may create the file; readers never do).
+/// timeout, untrusted schema, temporary data in memory, a statement cache for the hot
+/// statements. `extra` adds open flags (the writer may create the file; readers never do).
+///
+/// `temp_store = MEMORY` keeps statement journals in memory: a grouped commit's savepoints
+/// journal the pages earlier writes of the group dirtied, and past 64 KiB SQLite spilled them to
+/// an unlinked file under `/var/tmp`. That cost a file creation and dozens of writes per group,
+/// and left copies of catalog pages (wrapped keys of recordings being deleted among them) in
+/// the free blocks of a file system outside the data directory, where neither `secure_delete`
+/// nor the WAL checkpoint after a purge reaches.
 #[expect(
     clippy::disallowed_methods,
     reason = "this is the catalog's own connection opener"
@@ -304,7 +311,10 @@ fn connect(path: &Path, extra: OpenFlags) -> rusqlite::Result<Connection> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX | extra;
     let conn = Connection::open_with_flags(path, flags)?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
-    conn.execute_batch("PRAGMA trusted_schema = OFF;")?;
+    conn.execute_batch(
+        "PRAGMA trusted_schema = OFF;
+         PRAGMA temp_store = MEMORY;",
+    )?;
     // The ingest path alone keeps about a dozen statements hot (the default cache is 16).
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
@@ -465,6 +475,22 @@ pub(crate) mod tests {
             .query_row("PRAGMA synchronous", [], |r| r.get(0))
             .unwrap();
         assert_eq!((mode.as_str(), secure, fk, sync), ("wal", 1, 1, 2));
+        drop(conn);
+        // Writer and readers alike keep temporary data (statement journals) in memory.
+        for temp_store in [
+            catalog
+                .lock()
+                .query_row("PRAGMA temp_store", [], |r| r.get::<_, i64>(0))
+                .unwrap(),
+            catalog
+                .read(|conn| {
+                    conn.query_row("PRAGMA temp_store", [], |r| r.get(0))
+                        .map_err(sql("temp_store"))
+                })
+                .unwrap(),
+        ] {
+            assert_eq!(temp_store, 2);
+        }
     }
 
     #[test]
