@@ -1,13 +1,33 @@
 //! The loaded key set of an instance: the master key's wrap key and the lookup (HMAC) key
 //! derived from the index secret that the catalog stores wrapped. Owns master-key rotation
 //! (re-wrapping every stored key without touching audio). Glue between `vault::keys` (crypto)
-//! and `catalog` (storage); holds no plaintext key longer than the process needs it.
+//! and `catalog` (storage); holds no plaintext key longer than the process needs it, and keeps
+//! the process's memory (keys, plaintext audio) out of core dumps (`forbid_core_dumps`).
 
 use std::path::Path;
 
 use crate::catalog::{Catalog, CatalogError};
 use crate::vault::BlobId;
 use crate::vault::keys::{DataKey, KeyError, LookupKey, MasterKey, WrapKey};
+
+/// Makes this process non-dumpable and sets its core-file limit to zero: a crash, a watchdog's
+/// `SIGABRT` or a `SIGQUIT` then writes no core file holding the master key, data keys or
+/// plaintext audio, and users other than root can no longer read its memory through
+/// `/proc/<pid>/mem` or attach a debugger. systemd's `LimitCORE=0` does the same for the packaged
+/// service; this covers every other way of starting the binary (a shell, a container). Called
+/// before anything is read.
+pub fn forbid_core_dumps() -> std::io::Result<()> {
+    use rustix::process::{DumpableBehavior, Resource, Rlimit, set_dumpable_behavior, setrlimit};
+    setrlimit(
+        Resource::Core,
+        Rlimit {
+            current: Some(0),
+            maximum: Some(0),
+        },
+    )?;
+    set_dumpable_behavior(DumpableBehavior::NotDumpable)?;
+    Ok(())
+}
 
 /// Keyring entry holding the wrapped index secret.
 const INDEX_SECRET: &str = "index-secret";

@@ -359,3 +359,15 @@ fn an_oversized_json_body_is_answered_413_while_the_client_still_sends() {
         }
     });
 }
+
+#[test]
+fn the_server_writes_no_core_dump() {
+    let instance = Setup::new("").start();
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", instance.pid())).unwrap();
+    let core = limits
+        .lines()
+        .find(|line| line.starts_with("Max core file size"))
+        .expect("a core limit line");
+    let values: Vec<&str> = core.split_whitespace().skip(4).take(2).collect();
+    assert_eq!(values, ["0", "0"], "{core}");
+}

@@ -141,6 +141,9 @@ pub fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(error) => error.exit(),
     };
+    if let Err(error) = crate::keyring::forbid_core_dumps() {
+        eprintln!("callguard: warning: core dumps could not be turned off: {error}");
+    }
     // clap checks the conflict only where both are written at the same level.
     let explicit_config = std::env::args_os()
         .skip(1)

@@ -277,13 +277,10 @@ fn credentials_directory() -> Option<PathBuf> {
     std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from)
 }
 
-/// The name of the Unix user running this process, for audit actors (`local:<user>`).
+/// The name of the Unix user running this process, for audit actors (`local:<user>`): the real
+/// uid (`getuid`, the user who ran the command), never `$USER`, which the caller sets.
 pub fn unix_user_name() -> String {
-    use std::os::unix::fs::MetadataExt;
-    let uid = match std::fs::metadata("/proc/self") {
-        Ok(meta) => meta.uid(),
-        Err(_) => return std::env::var("USER").unwrap_or_else(|_| "unknown".to_owned()),
-    };
+    let uid = rustix::process::getuid().as_raw();
     let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
     for line in passwd.lines() {
         let mut fields = line.split(':');

@@ -238,6 +238,11 @@ impl Instance {
         Client::new(self.api, &self.setup.pki.join("ca.crt"), None)
     }
 
+    /// The server's process id (while it runs).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the server is running").id()
+    }
+
     pub fn log(&self) -> String {
         self.log.lock().unwrap().join("\n")
     }
