@@ -206,6 +206,163 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<(), CatalogError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::audit::chain::{AuditDraft, AuditEntry, GENESIS};
+    use crate::catalog::Catalog;
+    use crate::catalog::recordings::Lookup;
+    use crate::vault::BlobId;
+
+    const RECORDING: &str = "0123456789abcdef0123456789abcdef";
+
+    /// A catalog as a build of schema `version` left it: that version's tables and rows written
+    /// the way that build wrote them (three chained audit entries, or an anchor alone when
+    /// `pruned`; a user, a recording, a tombstone and, from version 2, an active hold on the
+    /// recording).
+    fn catalog_at(path: &std::path::Path, version: usize, pruned: bool) -> (u64, [u8; 32]) {
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "test builds a catalog of an earlier schema"
+        )]
+        let mut conn = Connection::open(path).unwrap();
+        conn.execute_batch("PRAGMA journal_mode = WAL;").unwrap();
+        for (index, migration) in MIGRATIONS[..version].iter().enumerate() {
+            let tx = conn.transaction().unwrap();
+            tx.execute_batch(migration).unwrap();
+            tx.pragma_update(None, "user_version", index as i64 + 1)
+                .unwrap();
+            tx.commit().unwrap();
+        }
+        conn.execute(
+            "INSERT INTO users (cn, role, created_at) VALUES ('alice', 'supervisor', 1800000000)",
+            [],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO recordings (id, call_id_hmac, caller_hmac, direction, started_at,
+                 retain_until, ingested_at, state, container, codec, sample_rate, channels,
+                 n_frames, duration_ms, size, sha256, wrapped_key, sealed_meta)
+             VALUES (?1, ?2, ?3, 'inbound', 1800000000, 1815000000, 1800000060, 'stored', 'wav',
+                 'pcm_mulaw', 8000, 1, 480000, 60000, 480058, ?4, x'00', x'00')",
+            rusqlite::params![RECORDING, [1u8; 32], [2u8; 32], [3u8; 32]],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO tombstones (id, deleted_at, reason) VALUES ('fedcba9876543210fedcba9876543210', 1800000100, 'objection')",
+            [],
+        )
+        .unwrap();
+        if version >= 2 {
+            conn.execute_batch(&format!(
+                "INSERT INTO holds (id, case_ref, reason, selector_kind, include_future, placed_by, placed_at)
+                 VALUES ('h1', 'RG 26/00001', 'appeal', 'ids', 0, 'legal', 1800000200);
+                 INSERT INTO hold_recordings (hold_id, recording_id) VALUES ('h1', '{RECORDING}');"
+            ))
+            .unwrap();
+        }
+        let mut head = (0, GENESIS);
+        if pruned {
+            head = (41, [7u8; 32]);
+            conn.execute(
+                "INSERT INTO audit_anchor (id, seq, hash) VALUES (1, ?1, ?2)",
+                rusqlite::params![head.0 as i64, head.1],
+            )
+            .unwrap();
+        } else {
+            for n in 1..=3u64 {
+                let at = jiff::Timestamp::from_second(1_800_000_000 + n as i64).unwrap();
+                let entry = AuditEntry::seal(n, at, AuditDraft::system("test.entry", ""), head.1);
+                conn.execute(
+                    "INSERT INTO audit (seq, at, actor, role, action, object, purpose, outcome,
+                         detail, prev_hash, hash)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                    rusqlite::params![
+                        entry.seq as i64,
+                        entry.at.as_second(),
+                        entry.actor,
+                        entry.role,
+                        entry.action,
+                        entry.object,
+                        entry.purpose,
+                        entry.outcome.as_str(),
+                        entry.detail,
+                        entry.prev_hash,
+                        entry.hash,
+                    ],
+                )
+                .unwrap();
+                head = (entry.seq, entry.hash);
+            }
+        }
+        // From version 5 on, each append also records the chain's head.
+        if version >= 5 && !pruned {
+            conn.execute(
+                "INSERT INTO audit_head (id, seq, hash) VALUES (1, ?1, ?2)",
+                rusqlite::params![head.0 as i64, head.1],
+            )
+            .unwrap();
+        }
+        head
+    }
+
+    #[test]
+    fn a_catalog_of_every_earlier_schema_upgrades_with_its_data_and_its_chain() {
+        for version in 1..MIGRATIONS.len() {
+            for pruned in [false, true] {
+                let case = format!("from version {version}, pruned chain: {pruned}");
+                let dir = tempfile::tempdir().unwrap();
+                let path = dir.path().join("catalog.sqlite");
+                let head = catalog_at(&path, version, pruned);
+
+                let catalog = Catalog::open(&path).unwrap();
+                let schema: i64 = catalog
+                    .lock()
+                    .query_row("PRAGMA user_version", [], |row| row.get(0))
+                    .unwrap();
+                assert_eq!(schema, current_version(), "{case}");
+                let verified = crate::audit::verify(&catalog).unwrap();
+                assert_eq!(
+                    (verified.n_entries, verified.head),
+                    (if pruned { 0 } else { 3 }, Some(head)),
+                    "{case}"
+                );
+                // The next entry links to the old head, and the chain still verifies.
+                let at = jiff::Timestamp::from_second(1_800_001_000).unwrap();
+                let seq = catalog
+                    .audit(AuditDraft::system("test.after_upgrade", ""), at)
+                    .unwrap()
+                    .seq();
+                assert_eq!(seq, head.0 + 1, "{case}");
+                let verified = crate::audit::verify(&catalog).unwrap();
+                assert_eq!(
+                    verified.head.map(|(seq, _)| seq),
+                    Some(head.0 + 1),
+                    "{case}"
+                );
+
+                let users = catalog.user_list().unwrap();
+                assert_eq!(users.len(), 1, "{case}");
+                assert_eq!(users[0].cn, "alice", "{case}");
+                let id = BlobId::parse(RECORDING).unwrap();
+                match catalog.recording(&id).unwrap() {
+                    Lookup::Found(row) => {
+                        assert_eq!(
+                            (row.size, row.audio.duration_ms),
+                            (480_058, 60_000),
+                            "{case}"
+                        )
+                    }
+                    other => panic!("{case}: the recording is gone: {other:?}"),
+                }
+                let deleted = BlobId::parse("fedcba9876543210fedcba9876543210").unwrap();
+                assert!(
+                    matches!(catalog.recording(&deleted).unwrap(), Lookup::Deleted(_)),
+                    "{case}"
+                );
+                if version >= 2 {
+                    assert_eq!(catalog.holds_of(&id).unwrap(), ["h1"], "{case}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn a_future_schema_is_refused() {
