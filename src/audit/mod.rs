@@ -43,33 +43,37 @@ pub struct Verified {
     pub head: Option<(u64, [u8; 32])>,
 }
 
-/// Walks the whole chain in batches.
+/// Walks the whole chain in batches, in one snapshot of the catalog: `audit verify` on a running
+/// server sees the chain as it was at one instant, never a head recorded after the entries it
+/// read (which would look like entries cut off the end).
 pub fn verify(catalog: &Catalog) -> Result<Verified, VerifyError> {
-    let mut verifier = Verifier::new(catalog.audit_anchor()?);
-    let mut after = verifier.head().map_or(0, |(seq, _)| seq);
-    loop {
-        let batch = catalog.audit_batch(after, 1000)?;
-        if batch.is_empty() {
-            break;
+    catalog.audit_snapshot(|audit| {
+        let mut verifier = Verifier::new(audit.anchor()?);
+        let mut after = verifier.head().map_or(0, |(seq, _)| seq);
+        loop {
+            let batch = audit.batch(after, 1000)?;
+            if batch.is_empty() {
+                break;
+            }
+            for entry in &batch {
+                verifier.push(entry)?;
+                after = entry.seq;
+            }
         }
-        for entry in &batch {
-            verifier.push(entry)?;
-            after = entry.seq;
+        // A chain cut at its end still links: its recorded head says where it must end.
+        if let Some((expected, hash)) = audit.recorded_head()?
+            && verifier.head() != Some((expected, hash))
+        {
+            return Err(ChainError::Truncated {
+                found: verifier.head().map_or(0, |(seq, _)| seq),
+                expected,
+            }
+            .into());
         }
-    }
-    // A chain cut at its end still links: its recorded head says where it must end.
-    if let Some((expected, hash)) = catalog.audit_recorded_head()?
-        && verifier.head() != Some((expected, hash))
-    {
-        return Err(ChainError::Truncated {
-            found: verifier.head().map_or(0, |(seq, _)| seq),
-            expected,
-        }
-        .into());
-    }
-    Ok(Verified {
-        n_entries: verifier.n_verified,
-        head: verifier.head(),
+        Ok(Verified {
+            n_entries: verifier.n_verified,
+            head: verifier.head(),
+        })
     })
 }
 

@@ -136,6 +136,28 @@ fn entry_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<AuditEntry
     })())
 }
 
+/// The audit table as one read transaction saw it (`Catalog::audit_snapshot`).
+pub struct AuditView<'c> {
+    pub(super) conn: &'c Connection,
+}
+
+impl AuditView<'_> {
+    /// The (seq, hash) the chain starts after, once old entries have been pruned.
+    pub fn anchor(&self) -> Result<Option<(u64, [u8; 32])>, CatalogError> {
+        anchor(self.conn)
+    }
+
+    /// Entries with `seq > after`, oldest first.
+    pub fn batch(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, CatalogError> {
+        batch(self.conn, after, limit)
+    }
+
+    /// The (seq, hash) recorded with the last entry appended: where the chain must end.
+    pub fn recorded_head(&self) -> Result<Option<(u64, [u8; 32])>, CatalogError> {
+        recorded_head(self.conn)
+    }
+}
+
 pub(crate) fn batch(
     conn: &Connection,
     after: u64,
