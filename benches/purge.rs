@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use callguard::audit::chain::{AuditDraft, Outcome};
 use callguard::catalog::Catalog;
-use callguard::catalog::policy::HoldSelector;
+use callguard::catalog::policy::{HoldPlacement, HoldSelector};
 use callguard::catalog::recordings::{AudioFacts, RecordingRow, RecordingState};
 use callguard::config::RetentionConfig;
 use callguard::config::units::Period;
@@ -344,7 +344,7 @@ fn run(root: &Path, n_total: u64) -> Result<(), Box<dyn Error>> {
 
     // 2. A hold on an account with 100 000 recordings, and its release.
     let selector = HoldSelector::Account(keyring.digest(ACCOUNT_DOMAIN, HELD_ACCOUNT));
-    let audit = |n: u64| {
+    let audit = |n: u64, _: usize| {
         AuditDraft::new(
             "legal-1",
             "legal",
@@ -355,7 +355,7 @@ fn run(root: &Path, n_total: u64) -> Result<(), Box<dyn Error>> {
         .detail(format!("{n} recordings"))
     };
     let started = Instant::now();
-    let n_covered = catalog.hold_place(
+    let placement = catalog.hold_place(
         "hold_bench",
         "case-1",
         "litigation",
@@ -366,6 +366,12 @@ fn run(root: &Path, n_total: u64) -> Result<(), Box<dyn Error>> {
         now,
     )?;
     let placed = started.elapsed();
+    let HoldPlacement::Placed {
+        covered: n_covered, ..
+    } = placement
+    else {
+        return Err("the hold named an unknown recording".into());
+    };
     println!(
         "hold placement on {HELD_ACCOUNT}: {n_covered} recordings covered in {:.0} ms (no target set)",
         millis(placed)

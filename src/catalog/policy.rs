@@ -7,7 +7,7 @@
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use crate::audit::chain::AuditDraft;
-use crate::catalog::recordings::shred_in;
+use crate::catalog::recordings::{Tombstone, shred_in};
 use crate::catalog::{Catalog, CatalogError, audit_log, digest, from_secs, secs, sql};
 use crate::vault::BlobId;
 
@@ -20,6 +20,19 @@ pub enum Deletion {
     Deleted,
     /// No such recording.
     Absent,
+}
+
+/// What `hold_place` did.
+#[derive(Debug)]
+pub enum HoldPlacement {
+    /// The hold is placed and covers `covered` recordings; `deleted` are the recordings it
+    /// named by id that were already deleted, with their tombstones.
+    Placed {
+        covered: u64,
+        deleted: Vec<Tombstone>,
+    },
+    /// A recording named by id neither exists nor was ever deleted: nothing was placed.
+    UnknownRecording(BlobId),
 }
 
 /// A registered objection.
@@ -415,8 +428,11 @@ impl Catalog {
         self.write(|tx| delete_or_defer_in(tx, id, reason, audit, now))
     }
 
-    /// Places a hold and attaches the recordings its selector matches now. Returns the number
-    /// covered. Unknown ids in an id selector are ignored (they are reported by the caller).
+    /// Places a hold and attaches the recordings its selector matches now. Recordings named
+    /// by id are classified in the same transaction: one deleted meanwhile (an erasure racing
+    /// the hold) is reported with its tombstone, never silently left out; an id that neither
+    /// exists nor was deleted places nothing. `audit` gets the number covered and the number
+    /// of named recordings already deleted.
     #[expect(
         clippy::too_many_arguments,
         reason = "one transaction with its audit context"
@@ -429,10 +445,38 @@ impl Catalog {
         selector: &HoldSelector,
         include_future: bool,
         placed_by: &str,
-        audit: &dyn Fn(u64) -> AuditDraft,
+        audit: &dyn Fn(u64, usize) -> AuditDraft,
         now: jiff::Timestamp,
-    ) -> Result<u64, CatalogError> {
+    ) -> Result<HoldPlacement, CatalogError> {
         self.write(|tx| {
+            let mut live = Vec::new();
+            let mut deleted = Vec::new();
+            if let HoldSelector::Ids(ids) = selector {
+                for recording in ids {
+                    let key = recording.to_string();
+                    let exists: bool = tx
+                        .query_row("SELECT EXISTS (SELECT 1 FROM recordings WHERE id = ?1)", [&key], |row| row.get(0))
+                        .map_err(sql("hold lookup"))?;
+                    if exists {
+                        live.push(key);
+                        continue;
+                    }
+                    let tomb: Option<(i64, String)> = tx
+                        .query_row("SELECT deleted_at, reason FROM tombstones WHERE id = ?1", [&key], |row| {
+                            Ok((row.get(0)?, row.get(1)?))
+                        })
+                        .optional()
+                        .map_err(sql("hold lookup"))?;
+                    match tomb {
+                        Some((deleted_at, reason)) => deleted.push(Tombstone {
+                            id: *recording,
+                            deleted_at: from_secs(deleted_at)?,
+                            reason,
+                        }),
+                        None => return Ok(HoldPlacement::UnknownRecording(*recording)),
+                    }
+                }
+            }
             let (kind, hmac, from, to) = match selector {
                 HoldSelector::Account(d) => ("account", Some(d.as_slice()), None, None),
                 HoldSelector::Caller(d) => ("caller", Some(d.as_slice()), None, None),
@@ -446,7 +490,7 @@ impl Catalog {
                 params![id, case_ref, reason, kind, hmac, from, to, include_future, placed_by, secs(now)],
             )
             .map_err(sql("hold insert"))?;
-            let n = match selector {
+            let covered = match selector {
                 HoldSelector::Account(d) => tx.execute(
                     "INSERT OR IGNORE INTO hold_recordings (hold_id, recording_id) SELECT ?1, id FROM recordings WHERE account_hmac = ?2",
                     params![id, d.as_slice()],
@@ -460,14 +504,13 @@ impl Catalog {
                      SELECT ?1, id FROM recordings WHERE started_at >= ?2 AND started_at <= ?3",
                     params![id, secs(*from), secs(*to)],
                 ),
-                HoldSelector::Ids(ids) => {
+                HoldSelector::Ids(_) => {
                     let mut n = 0;
-                    for recording in ids {
+                    for recording in &live {
                         n += tx
                             .execute(
-                                "INSERT OR IGNORE INTO hold_recordings (hold_id, recording_id)
-                                 SELECT ?1, id FROM recordings WHERE id = ?2",
-                                params![id, recording.to_string()],
+                                "INSERT OR IGNORE INTO hold_recordings (hold_id, recording_id) VALUES (?1, ?2)",
+                                params![id, recording],
                             )
                             .map_err(sql("hold attach"))?;
                     }
@@ -475,8 +518,8 @@ impl Catalog {
                 }
             }
             .map_err(sql("hold attach"))? as u64;
-            audit_log::append(tx, audit(n), now)?;
-            Ok(n)
+            audit_log::append(tx, audit(covered, deleted.len()), now)?;
+            Ok(HoldPlacement::Placed { covered, deleted })
         })
     }
 
@@ -847,4 +890,81 @@ fn hold_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<HoldRow, Ca
             },
         })
     })())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::chain::Outcome;
+    use crate::catalog::recordings::tests::row;
+    use crate::catalog::tests::{at, open_temp};
+
+    fn place(catalog: &Catalog, ids: Vec<BlobId>) -> HoldPlacement {
+        let audit = |n: u64, n_deleted: usize| {
+            AuditDraft::new("legal", "legal", "hold.place", "h", Outcome::Allowed)
+                .detail(format!("{n} {n_deleted}"))
+        };
+        catalog
+            .hold_place(
+                "hold_1",
+                "RG 26/1",
+                "appeal",
+                &HoldSelector::Ids(ids),
+                false,
+                "legal",
+                &audit,
+                at(500),
+            )
+            .unwrap()
+    }
+
+    #[test]
+    fn a_hold_by_ids_names_what_was_deleted_and_places_nothing_for_an_unknown_id() {
+        let (_dir, catalog) = open_temp();
+        let (kept, erased) = (row(1, 100), row(2, 100));
+        for recording in [&kept, &erased] {
+            catalog
+                .insert_recording(
+                    recording,
+                    AuditDraft::system("recording.ingest", ""),
+                    at(200),
+                )
+                .unwrap();
+        }
+        // The erasure commits just before the hold that names it.
+        let deletion = catalog
+            .delete_recording(
+                &erased.id,
+                "erasure",
+                AuditDraft::system("recording.delete", ""),
+                at(400),
+            )
+            .unwrap();
+        assert_eq!(deletion, Deletion::Deleted);
+
+        let unknown = BlobId::generate();
+        assert!(matches!(
+            place(&catalog, vec![kept.id, unknown]),
+            HoldPlacement::UnknownRecording(id) if id == unknown
+        ));
+        assert!(catalog.hold_list(None, 10).unwrap().is_empty());
+
+        match place(&catalog, vec![kept.id, erased.id]) {
+            HoldPlacement::Placed { covered, deleted } => {
+                assert_eq!(covered, 1);
+                assert_eq!(deleted.len(), 1);
+                assert_eq!(
+                    (deleted[0].id, deleted[0].reason.as_str()),
+                    (erased.id, "erasure")
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(catalog.holds_of(&kept.id).unwrap(), ["hold_1"]);
+        let entry = catalog.audit_batch(0, 100).unwrap().pop().unwrap();
+        assert_eq!(
+            (entry.action.as_str(), entry.detail.as_str()),
+            ("hold.place", "1 1")
+        );
+    }
 }

@@ -19,7 +19,7 @@ use proptest::test_runner::TestCaseError;
 use crate::access::Role;
 use crate::audit::chain::{AuditDraft, Outcome};
 use crate::catalog::Catalog;
-use crate::catalog::policy::{Deletion, HoldSelector};
+use crate::catalog::policy::{Deletion, HoldPlacement, HoldSelector};
 use crate::catalog::recordings::Lookup;
 use crate::clock::{Clock, ManualClock};
 use crate::config::RetentionConfig;
@@ -443,12 +443,12 @@ impl Real {
 
     fn place_hold(&mut self, selector: &HoldSelector, include_future: bool) -> u64 {
         let hold_id = format!("hold_{:04}", self.hold_ids.len());
-        let audit = |n: u64| {
+        let audit = |n: u64, _: usize| {
             AuditDraft::new("legal-1", "legal", "hold.place", &hold_id, Outcome::Allowed)
                 .detail(format!("{n} recordings"))
         };
         let now = self.clock.now();
-        let n = self
+        let placement = self
             .catalog
             .hold_place(
                 &hold_id,
@@ -462,7 +462,10 @@ impl Real {
             )
             .unwrap();
         self.hold_ids.push(hold_id);
-        n
+        match placement {
+            HoldPlacement::Placed { covered, .. } => covered,
+            HoldPlacement::UnknownRecording(id) => panic!("the model held an unknown id {id}"),
+        }
     }
 
     /// As `POST /v1/holds/{id}/release` does: release, then unlink what it deleted.

@@ -15,7 +15,7 @@ use crate::api::{
     limit_param, paged, text_field,
 };
 use crate::audit::chain::{AuditDraft, Outcome, format_time};
-use crate::catalog::policy::{Deletion, HoldRow, HoldSelector};
+use crate::catalog::policy::{Deletion, HoldPlacement, HoldRow, HoldSelector};
 use crate::catalog::recordings::{Lookup, RecordingFilter};
 use crate::catalog::{AuditFilter, Catalog, CatalogError};
 use crate::ingest::metadata::PhoneNumber;
@@ -319,40 +319,16 @@ pub(super) async fn hold_place(
     };
     // Named recordings must exist: a mistyped id is refused (no hold is placed). One already
     // deleted cannot be held; the hold covers the others and the answer (and its audit entry)
-    // names the deleted ones with their tombstones, so legal sees the evidence is gone.
-    let mut deleted = Vec::new();
-    if let HoldSelector::Ids(ids) = &selector {
-        let ids = ids.clone();
-        let lookups = state
-            .catalog
-            .call(move |catalog| {
-                let mut out = Vec::new();
-                for id in ids {
-                    out.push((id, catalog.recording(&id)?));
-                }
-                Ok(out)
-            })
-            .await?;
-        for (id, lookup) in lookups {
-            match lookup {
-                Lookup::Found(_) => {}
-                Lookup::Deleted(tomb) => deleted.push(tomb),
-                Lookup::NotFound => {
-                    return Err(ApiError::NotFoundWhat(format!(
-                        "recording {id} does not exist; no hold was placed"
-                    )));
-                }
-            }
-        }
-    }
-    let n_deleted = deleted.len();
+    // names the deleted ones with their tombstones, so legal sees the evidence is gone. The
+    // catalog sorts them in the transaction that places the hold: an erasure committed a moment
+    // before is named, not dropped.
     let id = format!("hold_{}", BlobId::generate());
     let now = state.clock.now();
     let hold_id = id.clone();
-    let covered = state
+    let placement = state
         .catalog
         .call(move |catalog| {
-            let audit = |n: u64| {
+            let audit = |n: u64, n_deleted: usize| {
                 AuditDraft::new(
                     &caller.cn,
                     caller.role.as_str(),
@@ -380,6 +356,14 @@ pub(super) async fn hold_place(
             )
         })
         .await?;
+    let (covered, deleted) = match placement {
+        HoldPlacement::Placed { covered, deleted } => (covered, deleted),
+        HoldPlacement::UnknownRecording(unknown) => {
+            return Err(ApiError::NotFoundWhat(format!(
+                "recording {unknown} does not exist; no hold was placed"
+            )));
+        }
+    };
     state.metrics.holds_active.inc();
     let mut answer = serde_json::json!({ "id": id, "recordings": covered });
     if !deleted.is_empty() {
