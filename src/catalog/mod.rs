@@ -206,6 +206,29 @@ impl Catalog {
         Ok(AuditReceipt::committed(seq))
     }
 
+    /// Appends the entry of a read of recording `id` if the recording is still there when the
+    /// entry commits; `None` (nothing appended) if a deletion committed first. A read is thus
+    /// never audited as allowed after the recording's deletion.
+    pub fn audit_read(
+        &self,
+        id: &crate::vault::BlobId,
+        draft: AuditDraft,
+        at: jiff::Timestamp,
+    ) -> Result<Option<AuditReceipt>, CatalogError> {
+        let key = id.to_string();
+        let seq = self.write_grouped(move |tx| {
+            let present: bool = tx
+                .prepare_cached("SELECT EXISTS (SELECT 1 FROM recordings WHERE id = ?1)")
+                .and_then(|mut stmt| stmt.query_row([&key], |row| row.get(0)))
+                .map_err(sql("recording presence"))?;
+            match present {
+                true => audit_log::append(tx, draft, at).map(Some),
+                false => Ok(None),
+            }
+        })?;
+        Ok(seq.map(AuditReceipt::committed))
+    }
+
     /// Entries with `seq > after`, oldest first.
     pub fn audit_batch(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, CatalogError> {
         self.read(|conn| audit_log::batch(conn, after, limit))

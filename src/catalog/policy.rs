@@ -22,6 +22,17 @@ pub enum Deletion {
     Absent,
 }
 
+/// What `purge_batch` did with each recording of its batch.
+#[derive(Debug, Default)]
+pub struct PurgeBatch {
+    /// Shredded by this batch: their blobs are to unlink.
+    pub deleted: Vec<BlobId>,
+    /// Held since the purge read them: kept.
+    pub held: Vec<BlobId>,
+    /// Deleted meanwhile by something else (another purge run, an erasure, an objection).
+    pub gone: Vec<BlobId>,
+}
+
 /// What `hold_place` did.
 #[derive(Debug)]
 pub enum HoldPlacement {
@@ -678,25 +689,27 @@ impl Catalog {
     }
 
     /// Shreds a batch of recordings the purge decided to delete, in one transaction. A
-    /// recording that became held (or vanished) meanwhile is skipped. Returns those deleted.
+    /// recording that became held meanwhile is kept; one another deletion removed meanwhile (a
+    /// second purge, an erasure) is neither.
     pub fn purge_batch(
         &self,
         batch: &[(BlobId, String)],
         audit: &dyn Fn(&BlobId, &str) -> AuditDraft,
         now: jiff::Timestamp,
-    ) -> Result<Vec<BlobId>, CatalogError> {
+    ) -> Result<PurgeBatch, CatalogError> {
         self.write(|tx| {
-            let mut deleted = Vec::new();
+            let mut outcome = PurgeBatch::default();
             for (id, reason) in batch {
                 if n_holds_in(tx, id)? > 0 {
-                    continue;
-                }
-                if shred_in(tx, id, reason, now)? {
+                    outcome.held.push(*id);
+                } else if shred_in(tx, id, reason, now)? {
                     audit_log::append(tx, audit(id, reason), now)?;
-                    deleted.push(*id);
+                    outcome.deleted.push(*id);
+                } else {
+                    outcome.gone.push(*id);
                 }
             }
-            Ok(deleted)
+            Ok(outcome)
         })
     }
 
@@ -966,5 +979,62 @@ mod tests {
             (entry.action.as_str(), entry.detail.as_str()),
             ("hold.place", "1 1")
         );
+    }
+
+    #[test]
+    fn a_purge_batch_tells_held_from_deleted_meanwhile_and_a_read_after_a_deletion_is_not_audited()
+    {
+        let (_dir, catalog) = open_temp();
+        let (expired, held, erased) = (row(1, 100), row(2, 100), row(3, 100));
+        for recording in [&expired, &held, &erased] {
+            catalog
+                .insert_recording(
+                    recording,
+                    AuditDraft::system("recording.ingest", ""),
+                    at(200),
+                )
+                .unwrap();
+        }
+        // Between the purge's read and its write: a hold on one, an erasure of another.
+        assert!(matches!(
+            place(&catalog, vec![held.id]),
+            HoldPlacement::Placed { covered: 1, .. }
+        ));
+        let erasure = AuditDraft::system("recording.delete", "");
+        catalog
+            .delete_recording(&erased.id, "erasure", erasure, at(2000))
+            .unwrap();
+        let batch: Vec<(BlobId, String)> = [&expired, &held, &erased]
+            .iter()
+            .map(|r| (r.id, "retention".to_owned()))
+            .collect();
+        let audit = |id: &BlobId, _: &str| AuditDraft::system("recording.delete", &id.to_string());
+        let outcome = catalog.purge_batch(&batch, &audit, at(2001)).unwrap();
+        assert_eq!(
+            (outcome.deleted, outcome.held, outcome.gone),
+            (vec![expired.id], vec![held.id], vec![erased.id])
+        );
+
+        // A read whose entry would commit after the deletion is not audited as allowed.
+        let read = || AuditDraft::system("recording.read_audio", "");
+        assert!(
+            catalog
+                .audit_read(&erased.id, read(), at(2002))
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            catalog
+                .audit_read(&held.id, read(), at(2002))
+                .unwrap()
+                .is_some()
+        );
+        let reads = catalog
+            .audit_batch(0, 100)
+            .unwrap()
+            .into_iter()
+            .filter(|entry| entry.action == "recording.read_audio")
+            .count();
+        assert_eq!(reads, 1);
     }
 }

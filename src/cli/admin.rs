@@ -279,9 +279,13 @@ fn purge(
     )?;
     // The run itself is an administrator's act: audited even when it deletes nothing (each
     // deletion has its own entry).
+    let elsewhere = match report.deleted_elsewhere.len() {
+        0 => String::new(),
+        n => format!(", {n} deleted meanwhile by another deletion"),
+    };
     let summary = format!(
-        "{}{} deleted, {} kept by holds (expired or with a deferred deletion), {} quarantined files expired, {} audit \
-         entries pruned",
+        "{}{} deleted, {} kept by holds (expired or with a deferred deletion){elsewhere}, {} quarantined files \
+         expired, {} audit entries pruned",
         if dry_run { "dry run: would have " } else { "" },
         report.deleted.len(),
         report.kept.len(),
@@ -316,8 +320,13 @@ fn purge(
             crate::retention::Keep::NotExpired => say!("kept\t{id}\tnot expired"),
         }
     }
+    for id in &report.deleted_elsewhere {
+        say!(
+            "gone\t{id}\tdeleted meanwhile by another deletion (a purge or erasure running at the same time)"
+        );
+    }
     say!(
-        "{} recordings {}, {} kept by holds (expired or with a deferred deletion){}",
+        "{} recordings {}, {} kept by holds (expired or with a deferred deletion){elsewhere}{}",
         report.deleted.len(),
         match dry_run {
             true => "would be deleted",

@@ -32,6 +32,9 @@ pub struct PurgeReport {
     /// Of those, the ones whose deletion waits for their holds, and its reason (an objection,
     /// an erasure): carried out at the last release.
     pub deferred: std::collections::HashMap<BlobId, String>,
+    /// Expired recordings that another deletion (a second purge run, an erasure, an
+    /// objection) removed between this run's read and its write: neither deleted nor kept here.
+    pub deleted_elsewhere: Vec<BlobId>,
     pub quarantine_expired: usize,
     pub audit_pruned: u64,
 }
@@ -154,17 +157,21 @@ fn walk(
             report.deleted.extend(batch);
             continue;
         }
-        let deleted = catalog.purge_batch(&batch, &audit, now)?;
-        let deleted_set: std::collections::HashSet<BlobId> = deleted.iter().copied().collect();
-        if unlink_tx.send(deleted).is_err() {
+        let outcome = catalog.purge_batch(&batch, &audit, now)?;
+        let deleted_set: std::collections::HashSet<BlobId> =
+            outcome.deleted.iter().copied().collect();
+        let held: std::collections::HashSet<BlobId> = outcome.held.iter().copied().collect();
+        report.deleted_elsewhere.extend(outcome.gone);
+        if unlink_tx.send(outcome.deleted).is_err() {
             // The unlink thread stopped on an error; `run_once` reports it.
             break;
         }
         for (id, reason) in batch {
-            match deleted_set.contains(&id) {
-                true => report.deleted.push((id, reason)),
+            if deleted_set.contains(&id) {
+                report.deleted.push((id, reason));
+            } else if held.contains(&id) {
                 // Became held between the read and the write: the hold wins.
-                false => report.kept.push((id, Keep::Held(catalog.holds_of(&id)?))),
+                report.kept.push((id, Keep::Held(catalog.holds_of(&id)?)));
             }
         }
     }

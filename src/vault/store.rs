@@ -533,6 +533,32 @@ pub struct PlainReader {
     buffered_len: usize,
 }
 
+/// A blob's file, opened but not read: holding it keeps the bytes readable however the blob is
+/// unlinked meanwhile (a deletion racing a read), and opening it needs no key and decrypts
+/// nothing. A read opens the file first, then commits its audit entry (which checks that the
+/// recording is still there), then decrypts: the read is ordered before any deletion that
+/// unlinks the file after it.
+#[derive(Debug)]
+pub struct BlobFile {
+    id: BlobId,
+    path: PathBuf,
+    file: std::fs::File,
+}
+
+impl BlobFile {
+    /// Opens blob `id`: `VaultError::Missing` if it has no file.
+    pub fn open(vault: &Vault, id: BlobId) -> Result<BlobFile, VaultError> {
+        let path = vault.blob_path(&id);
+        match std::fs::File::open(&path) {
+            Ok(file) => Ok(BlobFile { id, path, file }),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                Err(VaultError::Missing { id })
+            }
+            Err(source) => Err(VaultError::Read { path, source }),
+        }
+    }
+}
+
 impl PlainReader {
     /// Opens blob `id` and checks its header: magic, version, that it belongs to `id`, and
     /// that its length is a valid layout, and authenticates the last chunk (so a blob cut
@@ -541,9 +567,18 @@ impl PlainReader {
         vault: &Vault,
         id: BlobId,
         key: &DataKey,
+        audited: &crate::audit::AuditReceipt,
+    ) -> Result<PlainReader, VaultError> {
+        PlainReader::from_file(BlobFile::open(vault, id)?, key, audited)
+    }
+
+    /// Same, on a blob file opened before the read's audit entry was committed.
+    pub fn from_file(
+        blob: BlobFile,
+        key: &DataKey,
         _audited: &crate::audit::AuditReceipt,
     ) -> Result<PlainReader, VaultError> {
-        PlainReader::danger_open_unaudited(vault, id, key)
+        PlainReader::decrypting(blob, key)
     }
 
     /// Opens a blob without proof of an audit entry: for integrity checks, exports that audit
@@ -553,14 +588,11 @@ impl PlainReader {
         id: BlobId,
         key: &DataKey,
     ) -> Result<PlainReader, VaultError> {
-        let path = vault.blob_path(&id);
-        let mut file = match std::fs::File::open(&path) {
-            Ok(file) => file,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                return Err(VaultError::Missing { id });
-            }
-            Err(source) => return Err(VaultError::Read { path, source }),
-        };
+        PlainReader::decrypting(BlobFile::open(vault, id)?, key)
+    }
+
+    fn decrypting(blob: BlobFile, key: &DataKey) -> Result<PlainReader, VaultError> {
+        let BlobFile { id, path, mut file } = blob;
         let file_len = file
             .metadata()
             .map_err(|source| VaultError::Read {

@@ -29,8 +29,8 @@ use crate::ingest::{Admission, IngestError, OPERATOR_DOMAIN, Sender, open_person
 use crate::objections::{CALL_ID_DOMAIN, CALLER_DOMAIN};
 use crate::retention::Refusal;
 use crate::retention::purge::unlink_and_checkpoint;
-use crate::vault::BlobId;
-use crate::vault::store::PlainReader;
+use crate::vault::store::{BlobFile, PlainReader};
+use crate::vault::{BlobId, VaultError};
 
 /// The request body as a byte stream, each frame bounded by `idle`.
 pub(crate) fn body_stream(
@@ -537,7 +537,12 @@ async fn readable(
         .await?;
     let row = match lookup {
         Lookup::Found(row) => *row,
-        Lookup::Deleted(tomb) => return Err(ApiError::Deleted(tomb)),
+        Lookup::Deleted(tomb) => {
+            // Refused like an expired recording (guarantee 8): the DPO sees who still asks
+            // for erased recordings.
+            audit_refusal(state, caller, &id.to_string(), refusal, "deleted").await?;
+            return Err(ApiError::Deleted(tomb));
+        }
         Lookup::NotFound => return Err(ApiError::NotFound),
     };
     let now = state.clock.now();
@@ -552,6 +557,33 @@ async fn readable(
         });
     }
     Ok((row, holds))
+}
+
+/// The answer to a read whose recording went while it was being served: deleted since its
+/// lookup (`410 deleted`, audited as refused like any read of a deleted recording), or, for a
+/// recording still catalogued, a blob file that is missing (`500`; start-up recovery marks such
+/// recordings `missing`).
+async fn gone(
+    state: &Arc<AppState>,
+    id: BlobId,
+    caller: &Caller,
+    refusal: Refused<'_>,
+) -> ApiError {
+    let lookup = state
+        .catalog
+        .call(move |catalog| catalog.recording(&id))
+        .await;
+    match lookup {
+        Ok(Lookup::Deleted(tomb)) => {
+            match audit_refusal(state, caller, &id.to_string(), refusal, "deleted").await {
+                Ok(()) => ApiError::Deleted(tomb),
+                Err(error) => error,
+            }
+        }
+        Ok(Lookup::NotFound) => ApiError::NotFound,
+        Ok(Lookup::Found(_)) => ApiError::Internal(format!("blob {id} is missing")),
+        Err(error) => error.into(),
+    }
 }
 
 /// What a refused read was: its audit action and the purpose stated, if any.
@@ -828,11 +860,24 @@ pub(super) async fn audio(
     )
     .purpose(&purpose)
     .detail(detail);
+    // The file is opened first: a deletion that unlinks it once the entry is committed does
+    // not cut the read short. The entry commits only if the recording is still there: a
+    // deletion committed in between makes this read a refused one (`410 deleted`).
+    let blob = match BlobFile::open(&state.vault, id) {
+        Ok(blob) => blob,
+        Err(VaultError::Missing { .. }) => {
+            return Err(gone(state, id, &request.caller, refused).await);
+        }
+        Err(error) => return Err(ApiError::Internal(error.to_string())),
+    };
     let now = state.clock.now();
     let receipt = state
         .catalog
-        .call(move |catalog| catalog.audit(draft, now))
+        .call(move |catalog| catalog.audit_read(&id, draft, now))
         .await?;
+    let Some(receipt) = receipt else {
+        return Err(gone(state, id, &request.caller, refused).await);
+    };
     state
         .metrics
         .audio_reads
@@ -840,7 +885,7 @@ pub(super) async fn audio(
         .inc();
 
     let key = state.keyring.recording_key(&id, &row.wrapped_key)?;
-    let mut reader = PlainReader::open(&state.vault, id, &key, &receipt)
+    let mut reader = PlainReader::from_file(blob, &key, &receipt)
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     let (tx, body) = channel_body();
     let mut response = Response::new(body);
@@ -1027,7 +1072,16 @@ pub(super) async fn delete(
         Deletion::Deferred => Err(ApiError::HoldActive(format!(
             "recording {id} is under a litigation hold: the erasure is recorded and will happen when the last hold is released"
         ))),
-        Deletion::Absent => Err(ApiError::NotFound),
+        // Another deletion committed between the lookup and this one: the recording is
+        // deleted, not unknown.
+        Deletion::Absent => match state
+            .catalog
+            .call(move |catalog| catalog.recording(&id))
+            .await?
+        {
+            Lookup::Deleted(tomb) => Err(ApiError::Deleted(tomb)),
+            Lookup::Found(_) | Lookup::NotFound => Err(ApiError::NotFound),
+        },
     }
 }
 
