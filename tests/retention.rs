@@ -153,6 +153,22 @@ fn retention_holds_objections_and_erasure_end_to_end() {
         for id in [&held_old, &held_new, &free] {
             assert!(blob_exists(setup, id));
         }
+        // Asking for an erased recording's audio is refused and audited, as for an expired one.
+        let response = supervisor
+            .get(&format!("/v1/recordings/{expired_a}/audio?purpose=quality_review"))
+            .await
+            .unwrap();
+        assert_eq!((response.status, response.code().as_str()), (410, "deleted"));
+        let reads = dpo
+            .get(&format!("/v1/audit?action=recording.read_audio&object={expired_a}"))
+            .await
+            .unwrap()
+            .json();
+        let last = reads["items"].as_array().unwrap().last().unwrap();
+        assert_eq!(
+            (&last["outcome"], &last["detail"], &last["purpose"]),
+            (&serde_json::json!("denied"), &serde_json::json!("deleted"), &serde_json::json!("quality_review")),
+        );
 
         // The held, expired recording: legal and the DPO may still read it; supervisors may not.
         assert_eq!(supervisor.get(&format!("/v1/recordings/{held_old}")).await.unwrap().status, 410);
