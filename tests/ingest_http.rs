@@ -879,6 +879,29 @@ fn a_call_id_is_stored_once_repeats_are_idempotent_and_conflicts_refused() {
         let conflict = ok("conflict", recorder.upload(&meta, "call.wav", &other)).await;
         assert_eq!(conflict.status, 409, "{:?}", conflict.body);
         assert_eq!(conflict.code(), "duplicate_call_id");
+        // The attempt to put other audio under a stored call is audited, on the stored one.
+        let refusals = get_with(
+            &dpo,
+            &format!("/v1/audit?action=recording.ingest&object={id}"),
+            &[],
+        )
+        .await
+        .json();
+        let last = refusals["items"]
+            .as_array()
+            .unwrap()
+            .last()
+            .unwrap()
+            .clone();
+        assert_eq!(
+            (&last["outcome"], &last["detail"], &last["actor"]),
+            (
+                &serde_json::json!("denied"),
+                &serde_json::json!("call id already stored with different audio"),
+                &serde_json::json!("recorder")
+            ),
+            "{refusals}"
+        );
 
         assert_eq!(vault_files(&data), after_first);
         assert_eq!(recording_count(&dpo).await, 1);

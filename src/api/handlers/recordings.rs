@@ -304,6 +304,17 @@ async fn upload_parts(
                 &serde_json::json!({ "status": "discarded", "reason": reason }),
             ));
         }
+        // Other audio under a call id already stored: the stored evidence is not replaced, and
+        // the attempt is audited (a recorder's bug, or someone trying to overwrite a call).
+        Err(IngestError::DuplicateCallId { existing }) => {
+            let refused = Refused {
+                action: "recording.ingest",
+                purpose: None,
+            };
+            let why = "call id already stored with different audio";
+            audit_refusal(state, caller, &existing.to_string(), refused, why).await?;
+            return Err(ingest_error(IngestError::DuplicateCallId { existing }));
+        }
         Err(error) => return Err(ingest_error(error)),
     };
     let status = match stored.repeated {
