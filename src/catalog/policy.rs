@@ -909,8 +909,21 @@ fn hold_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<HoldRow, Ca
 mod tests {
     use super::*;
     use crate::audit::chain::Outcome;
+    use crate::catalog::recordings::RecordingRow;
     use crate::catalog::recordings::tests::row;
     use crate::catalog::tests::{at, open_temp};
+
+    fn insert(catalog: &Catalog, recordings: &[&RecordingRow]) {
+        for recording in recordings {
+            catalog
+                .insert_recording(
+                    recording,
+                    AuditDraft::system("recording.ingest", ""),
+                    at(200),
+                )
+                .unwrap();
+        }
+    }
 
     fn place(catalog: &Catalog, ids: Vec<BlobId>) -> HoldPlacement {
         let audit = |n: u64, n_deleted: usize| {
@@ -935,15 +948,7 @@ mod tests {
     fn a_hold_by_ids_names_what_was_deleted_and_places_nothing_for_an_unknown_id() {
         let (_dir, catalog) = open_temp();
         let (kept, erased) = (row(1, 100), row(2, 100));
-        for recording in [&kept, &erased] {
-            catalog
-                .insert_recording(
-                    recording,
-                    AuditDraft::system("recording.ingest", ""),
-                    at(200),
-                )
-                .unwrap();
-        }
+        insert(&catalog, &[&kept, &erased]);
         // The erasure commits just before the hold that names it.
         let deletion = catalog
             .delete_recording(
@@ -986,15 +991,7 @@ mod tests {
     {
         let (_dir, catalog) = open_temp();
         let (expired, held, erased) = (row(1, 100), row(2, 100), row(3, 100));
-        for recording in [&expired, &held, &erased] {
-            catalog
-                .insert_recording(
-                    recording,
-                    AuditDraft::system("recording.ingest", ""),
-                    at(200),
-                )
-                .unwrap();
-        }
+        insert(&catalog, &[&expired, &held, &erased]);
         // Between the purge's read and its write: a hold on one, an erasure of another.
         assert!(matches!(
             place(&catalog, vec![held.id]),
