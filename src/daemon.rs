@@ -275,14 +275,16 @@ async fn record_alarm_event(
     }
 }
 
-/// Runs the gateway until SIGTERM/SIGINT.
+/// Runs the gateway until SIGTERM/SIGINT. Returns the data directory's lock: the caller keeps
+/// it until the process ends, since blocking work past the drain deadline (an export being
+/// prepared, say) may still touch the catalog while the runtime shuts down.
 pub async fn serve(
     config: Config,
     options: ServeOptions,
     clock: SharedClock,
-) -> Result<(), DaemonError> {
+) -> Result<DataLock, DaemonError> {
     config.check_environment(true)?;
-    let _lock = lock_data_dir(&config)?;
+    let lock = lock_data_dir(&config)?;
     let catalog = Catalog::open(&config.catalog_path())?;
     let keyring = Arc::new(Keyring::load(config.keys.master_key.path(), &catalog)?);
     let vault = Vault::open(&config.vault_dir())?;
@@ -375,7 +377,7 @@ pub async fn serve(
     if let Err(error) = state.catalog.checkpoint() {
         tracing::warn!(%error, "final WAL checkpoint failed");
     }
-    Ok(())
+    Ok(lock)
 }
 
 /// The spool watcher over the ingest pipeline.

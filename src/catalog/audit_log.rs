@@ -4,7 +4,7 @@
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use crate::audit::chain::{AuditDraft, AuditEntry, GENESIS, Outcome};
-use crate::catalog::{AuditFilter, CatalogError, digest, from_secs, secs, sql};
+use crate::catalog::{AuditFilter, CatalogError, Conditions, digest, from_secs, secs, sql};
 
 /// Appends `draft` after the current head, in `tx`. Returns the new entry's seq.
 pub(crate) fn append(
@@ -184,34 +184,48 @@ pub(crate) fn query(
     after: u64,
     limit: usize,
 ) -> Result<Vec<AuditEntry>, CatalogError> {
-    let mut stmt = conn
-        .prepare(&format!(
-            "SELECT {COLUMNS} FROM audit WHERE seq > ?1
-               AND (?2 IS NULL OR at >= ?2) AND (?3 IS NULL OR at <= ?3)
-               AND (?4 IS NULL OR actor = ?4) AND (?5 IS NULL OR action = ?5)
-               AND (?7 IS NULL OR object = ?7)
-             ORDER BY seq LIMIT ?6"
-        ))
-        .map_err(sql("audit query"))?;
+    let (query, conditions) = query_sql(filter, after, limit);
+    let mut stmt = conn.prepare_cached(&query).map_err(sql("audit query"))?;
     let rows = stmt
-        .query_map(
-            params![
-                after as i64,
-                filter.from.map(secs),
-                filter.to.map(secs),
-                filter.actor,
-                filter.action,
-                limit as i64,
-                filter.object
-            ],
-            entry_from_row,
-        )
+        .query_map(conditions.values(), entry_from_row)
         .map_err(sql("audit query"))?;
     let mut out = Vec::new();
     for row in rows {
         out.push(row.map_err(sql("audit query"))??);
     }
     Ok(out)
+}
+
+/// The SQL of a filtered audit query and its bound values (only the filters given: the entries
+/// of one object come from `audit_by_object`).
+pub(crate) fn query_sql(filter: &AuditFilter, after: u64, limit: usize) -> (String, Conditions) {
+    let mut conditions = Conditions::default();
+    let after = conditions.param(after as i64);
+    conditions.and(format!("seq > {after}"));
+    if let Some(from) = filter.from {
+        let from = conditions.param(secs(from));
+        conditions.and(format!("at >= {from}"));
+    }
+    if let Some(to) = filter.to {
+        let to = conditions.param(secs(to));
+        conditions.and(format!("at <= {to}"));
+    }
+    for (column, value) in [
+        ("actor", &filter.actor),
+        ("action", &filter.action),
+        ("object", &filter.object),
+    ] {
+        if let Some(value) = value {
+            let value = conditions.param(value.clone());
+            conditions.and(format!("{column} = {value}"));
+        }
+    }
+    let limit = conditions.param(limit as i64);
+    let query = format!(
+        "SELECT {COLUMNS} FROM audit WHERE {} ORDER BY seq LIMIT {limit}",
+        conditions.sql()
+    );
+    (query, conditions)
 }
 
 /// Deletes entries older than `before`, keeping the chain verifiable from an anchor: the

@@ -176,6 +176,18 @@ const MIGRATIONS: &[&str] = &[
          recording_id TEXT NOT NULL,
          PRIMARY KEY (hold_id, recording_id)
      ) STRICT, WITHOUT ROWID;",
+    // 7: searches by one person, account or operator read their rows in the listing's order
+    // (newest first) from the index, instead of sorting every match; an export gathers each
+    // recording's audit entries from an index instead of reading the whole log per recording.
+    "DROP INDEX recordings_by_caller;
+     DROP INDEX recordings_by_callee;
+     DROP INDEX recordings_by_account;
+     DROP INDEX recordings_by_operator;
+     CREATE INDEX recordings_by_caller ON recordings (caller_hmac, started_at, id);
+     CREATE INDEX recordings_by_callee ON recordings (callee_hmac, started_at, id);
+     CREATE INDEX recordings_by_account ON recordings (account_hmac, started_at, id);
+     CREATE INDEX recordings_by_operator ON recordings (operator_hmac, started_at, id);
+     CREATE INDEX audit_by_object ON audit (object, seq);",
 ];
 
 /// The schema version this build writes.

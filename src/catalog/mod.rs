@@ -67,6 +67,43 @@ impl CatalogError {
     }
 }
 
+/// A `WHERE` clause made of the filters a search was given, and nothing else: the query
+/// planner then picks the index of the most selective one. The `(?1 IS NULL OR col = ?1)` form
+/// hides every index from it, so that a search for one call id, or for an account with no
+/// recording, read the whole table.
+#[derive(Default)]
+pub(crate) struct Conditions {
+    clauses: Vec<String>,
+    values: Vec<rusqlite::types::Value>,
+}
+
+impl Conditions {
+    /// Binds `value` and returns its placeholder (`?N`).
+    pub(crate) fn param(&mut self, value: impl Into<rusqlite::types::Value>) -> String {
+        self.values.push(value.into());
+        format!("?{}", self.values.len())
+    }
+
+    /// Adds a condition, written with placeholders from `param`.
+    pub(crate) fn and(&mut self, clause: String) {
+        self.clauses.push(clause);
+    }
+
+    /// The conditions joined with `AND` (`1` when there are none).
+    pub(crate) fn sql(&self) -> String {
+        match self.clauses.is_empty() {
+            true => "1".to_owned(),
+            false => self.clauses.join(" AND "),
+        }
+    }
+
+    pub(crate) fn values(
+        &self,
+    ) -> rusqlite::ParamsFromIter<std::slice::Iter<'_, rusqlite::types::Value>> {
+        rusqlite::params_from_iter(self.values.iter())
+    }
+}
+
 pub(crate) fn sql(what: &'static str) -> impl FnOnce(rusqlite::Error) -> CatalogError {
     move |source| CatalogError::Sql { what, source }
 }
@@ -521,6 +558,93 @@ pub(crate) mod tests {
         ] {
             assert_eq!(temp_store, 2);
         }
+    }
+
+    /// What SQLite's planner does for `query`: one line per step.
+    fn query_plan(catalog: &Catalog, query: &str, conditions: &Conditions) -> String {
+        let conn = catalog.lock();
+        let mut stmt = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {query}"))
+            .unwrap();
+        let steps: Vec<String> = stmt
+            .query_map(conditions.values(), |row| row.get::<_, String>(3))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        steps.join("; ")
+    }
+
+    #[test]
+    fn selective_searches_read_an_index_not_the_table() {
+        use crate::catalog::recordings::{RecordingCursor, RecordingFilter, search_query};
+        let (_dir, catalog) = open_temp();
+        let digest = Some([7u8; 32]);
+        let cursor = Some(RecordingCursor {
+            started_at: at(1_800_000_000),
+            id: crate::vault::BlobId::generate(),
+        });
+        for (what, filter, index) in [
+            (
+                "call id",
+                RecordingFilter {
+                    call_id_hmac: digest,
+                    ..Default::default()
+                },
+                "call_id_hmac",
+            ),
+            (
+                "account",
+                RecordingFilter {
+                    account_hmac: digest,
+                    ..Default::default()
+                },
+                "recordings_by_account",
+            ),
+            (
+                "caller",
+                RecordingFilter {
+                    caller_hmac: digest,
+                    ..Default::default()
+                },
+                "recordings_by_caller",
+            ),
+            (
+                "operator",
+                RecordingFilter {
+                    operator_hmac: digest,
+                    ..Default::default()
+                },
+                "recordings_by_operator",
+            ),
+        ] {
+            for cursor in [None, cursor] {
+                let (query, conditions) = search_query(&filter, cursor, 50);
+                let plan = query_plan(&catalog, &query, &conditions);
+                assert!(
+                    plan.contains(index) && !plan.contains("SCAN recordings"),
+                    "{what}: {plan}"
+                );
+            }
+        }
+        // A person or an account: their newest rows first, from the index, without a sort.
+        let filter = RecordingFilter {
+            account_hmac: digest,
+            ..Default::default()
+        };
+        let plan = query_plan(
+            &catalog,
+            &search_query(&filter, None, 50).0,
+            &search_query(&filter, None, 50).1,
+        );
+        assert!(!plan.contains("TEMP B-TREE"), "{plan}");
+        // The audit entries of one recording (exports gather them for each recording).
+        let filter = AuditFilter {
+            object: Some("0123".into()),
+            ..Default::default()
+        };
+        let (query, conditions) = audit_log::query_sql(&filter, 0, 1000);
+        let plan = query_plan(&catalog, &query, &conditions);
+        assert!(plan.contains("audit_by_object"), "{plan}");
     }
 
     #[test]

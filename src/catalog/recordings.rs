@@ -6,7 +6,7 @@ use rusqlite::{OptionalExtension, Row, Transaction, params};
 
 use crate::audit::AuditReceipt;
 use crate::audit::chain::AuditDraft;
-use crate::catalog::{Catalog, CatalogError, audit_log, digest, from_secs, secs, sql};
+use crate::catalog::{Catalog, CatalogError, Conditions, audit_log, digest, from_secs, secs, sql};
 use crate::vault::BlobId;
 
 /// What the probe learnt about the audio.
@@ -220,6 +220,59 @@ impl RawRow {
     }
 }
 
+/// The SQL of a recording search and its bound values: only the filters given, so that the
+/// planner can use the index of the most selective one.
+pub(crate) fn search_query(
+    filter: &RecordingFilter,
+    cursor: Option<RecordingCursor>,
+    limit: usize,
+) -> (String, Conditions) {
+    let mut conditions = Conditions::default();
+    if let Some(from) = filter.from {
+        let from = conditions.param(secs(from));
+        conditions.and(format!("started_at >= {from}"));
+    }
+    if let Some(to) = filter.to {
+        let to = conditions.param(secs(to));
+        conditions.and(format!("started_at <= {to}"));
+    }
+    for (column, digest) in [
+        ("account_hmac", &filter.account_hmac),
+        ("caller_hmac", &filter.caller_hmac),
+        ("operator_hmac", &filter.operator_hmac),
+        ("call_id_hmac", &filter.call_id_hmac),
+    ] {
+        if let Some(digest) = digest {
+            let digest = conditions.param(digest.to_vec());
+            conditions.and(format!("{column} = {digest}"));
+        }
+    }
+    if let Some(case) = &filter.alarm_case {
+        let case = conditions.param(case.clone());
+        conditions.and(format!("alarm_case = {case}"));
+    }
+    if let Some(cursor) = cursor {
+        let at = conditions.param(secs(cursor.started_at));
+        let id = conditions.param(cursor.id.to_string());
+        conditions.and(format!(
+            "(started_at < {at} OR (started_at = {at} AND id < {id}))"
+        ));
+    }
+    if let Some((caller, callee)) = &filter.party {
+        let caller = conditions.param(caller.to_vec());
+        let callee = conditions.param(callee.to_vec());
+        conditions.and(format!(
+            "(caller_hmac = {caller} OR callee_hmac = {callee})"
+        ));
+    }
+    let limit = conditions.param(limit as i64);
+    let query = format!(
+        "SELECT {COLUMNS} FROM recordings WHERE {} ORDER BY started_at DESC, id DESC LIMIT {limit}",
+        conditions.sql()
+    );
+    (query, conditions)
+}
+
 fn collect(
     rows: impl Iterator<Item = rusqlite::Result<RawRow>>,
 ) -> Result<Vec<RecordingRow>, CatalogError> {
@@ -415,37 +468,13 @@ impl Catalog {
         cursor: Option<RecordingCursor>,
         limit: usize,
     ) -> Result<Vec<RecordingRow>, CatalogError> {
+        let (query, conditions) = search_query(filter, cursor, limit);
         self.read(|conn| {
             let mut stmt = conn
-                .prepare(&format!(
-                    "SELECT {COLUMNS} FROM recordings
-                     WHERE (?1 IS NULL OR started_at >= ?1) AND (?2 IS NULL OR started_at <= ?2)
-                       AND (?3 IS NULL OR account_hmac = ?3) AND (?4 IS NULL OR caller_hmac = ?4)
-                       AND (?5 IS NULL OR operator_hmac = ?5) AND (?6 IS NULL OR call_id_hmac = ?6)
-                       AND (?7 IS NULL OR alarm_case = ?7)
-                       AND (?8 IS NULL OR started_at < ?8 OR (started_at = ?8 AND id < ?9))
-                       AND (?11 IS NULL OR caller_hmac = ?11 OR callee_hmac = ?12)
-                     ORDER BY started_at DESC, id DESC LIMIT ?10"
-                ))
+                .prepare_cached(&query)
                 .map_err(sql("recording search"))?;
             let rows = stmt
-                .query_map(
-                    params![
-                        filter.from.map(secs),
-                        filter.to.map(secs),
-                        filter.account_hmac.as_ref().map(|d| d.as_slice()),
-                        filter.caller_hmac.as_ref().map(|d| d.as_slice()),
-                        filter.operator_hmac.as_ref().map(|d| d.as_slice()),
-                        filter.call_id_hmac.as_ref().map(|d| d.as_slice()),
-                        filter.alarm_case,
-                        cursor.map(|c| secs(c.started_at)),
-                        cursor.map(|c| c.id.to_string()),
-                        limit as i64,
-                        filter.party.as_ref().map(|(caller, _)| caller.as_slice()),
-                        filter.party.as_ref().map(|(_, callee)| callee.as_slice()),
-                    ],
-                    raw_row,
-                )
+                .query_map(conditions.values(), raw_row)
                 .map_err(sql("recording search"))?;
             collect(rows)
         })

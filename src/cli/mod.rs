@@ -175,6 +175,9 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// How long `serve` waits, after its drain, for blocking threads to finish before it exits.
+const RUNTIME_SHUTDOWN: std::time::Duration = std::time::Duration::from_secs(2);
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let clock: SharedClock = Arc::new(SystemClock);
     match cli.command {
@@ -203,7 +206,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .max_blocking_threads(config.server.max_connections.saturating_mul(2).max(512))
                 .thread_stack_size(1024 * 1024)
                 .build()?;
-            runtime.block_on(crate::daemon::serve(config, options, clock))?;
+            let lock = runtime.block_on(crate::daemon::serve(config, options, clock))?;
+            // Blocking work still running after the drain deadline (an export being prepared)
+            // is abandoned, not awaited: the process ends now. The data directory stays locked
+            // until it does, so no second instance starts beside threads of this one.
+            runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
+            std::mem::forget(lock);
             Ok(ExitCode::SUCCESS)
         }
         command => {
