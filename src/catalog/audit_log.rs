@@ -202,24 +202,10 @@ pub(crate) fn query_sql(filter: &AuditFilter, after: u64, limit: usize) -> (Stri
     let mut conditions = Conditions::default();
     let after = conditions.param(after as i64);
     conditions.and(format!("seq > {after}"));
-    if let Some(from) = filter.from {
-        let from = conditions.param(secs(from));
-        conditions.and(format!("at >= {from}"));
-    }
-    if let Some(to) = filter.to {
-        let to = conditions.param(secs(to));
-        conditions.and(format!("at <= {to}"));
-    }
-    for (column, value) in [
-        ("actor", &filter.actor),
-        ("action", &filter.action),
-        ("object", &filter.object),
-    ] {
-        if let Some(value) = value {
-            let value = conditions.param(value.clone());
-            conditions.and(format!("{column} = {value}"));
-        }
-    }
+    conditions.within("at", filter.from, filter.to);
+    conditions.compare("actor", "=", filter.actor.clone());
+    conditions.compare("action", "=", filter.action.clone());
+    conditions.compare("object", "=", filter.object.clone());
     let limit = conditions.param(limit as i64);
     let query = format!(
         "SELECT {COLUMNS} FROM audit WHERE {} ORDER BY seq LIMIT {limit}",

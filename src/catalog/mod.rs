@@ -89,6 +89,30 @@ impl Conditions {
         self.clauses.push(clause);
     }
 
+    /// Adds `column op value`, when there is a value (a filter that was given).
+    pub(crate) fn compare<V: Into<rusqlite::types::Value>>(
+        &mut self,
+        column: &str,
+        op: &str,
+        value: Option<V>,
+    ) {
+        if let Some(value) = value {
+            let value = self.param(value);
+            self.and(format!("{column} {op} {value}"));
+        }
+    }
+
+    /// Adds the bounds given of a time range on `column`, both included (whole seconds).
+    pub(crate) fn within(
+        &mut self,
+        column: &str,
+        from: Option<jiff::Timestamp>,
+        to: Option<jiff::Timestamp>,
+    ) {
+        self.compare(column, ">=", from.map(secs));
+        self.compare(column, "<=", to.map(secs));
+    }
+
     /// The conditions joined with `AND` (`1` when there are none).
     pub(crate) fn sql(&self) -> String {
         match self.clauses.is_empty() {

@@ -228,29 +228,16 @@ pub(crate) fn search_query(
     limit: usize,
 ) -> (String, Conditions) {
     let mut conditions = Conditions::default();
-    if let Some(from) = filter.from {
-        let from = conditions.param(secs(from));
-        conditions.and(format!("started_at >= {from}"));
-    }
-    if let Some(to) = filter.to {
-        let to = conditions.param(secs(to));
-        conditions.and(format!("started_at <= {to}"));
-    }
+    conditions.within("started_at", filter.from, filter.to);
     for (column, digest) in [
         ("account_hmac", &filter.account_hmac),
         ("caller_hmac", &filter.caller_hmac),
         ("operator_hmac", &filter.operator_hmac),
         ("call_id_hmac", &filter.call_id_hmac),
     ] {
-        if let Some(digest) = digest {
-            let digest = conditions.param(digest.to_vec());
-            conditions.and(format!("{column} = {digest}"));
-        }
+        conditions.compare(column, "=", digest.map(|digest| digest.to_vec()));
     }
-    if let Some(case) = &filter.alarm_case {
-        let case = conditions.param(case.clone());
-        conditions.and(format!("alarm_case = {case}"));
-    }
+    conditions.compare("alarm_case", "=", filter.alarm_case.clone());
     if let Some(cursor) = cursor {
         let at = conditions.param(secs(cursor.started_at));
         let id = conditions.param(cursor.id.to_string());
