@@ -7,7 +7,7 @@
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use crate::audit::chain::AuditDraft;
-use crate::catalog::recordings::{Tombstone, shred_in};
+use crate::catalog::recordings::{Tombstone, shred_in, tombstone_in};
 use crate::catalog::{Catalog, CatalogError, audit_log, digest, from_secs, secs, sql};
 use crate::vault::BlobId;
 
@@ -472,18 +472,8 @@ impl Catalog {
                         live.push(key);
                         continue;
                     }
-                    let tomb: Option<(i64, String)> = tx
-                        .query_row("SELECT deleted_at, reason FROM tombstones WHERE id = ?1", [&key], |row| {
-                            Ok((row.get(0)?, row.get(1)?))
-                        })
-                        .optional()
-                        .map_err(sql("hold lookup"))?;
-                    match tomb {
-                        Some((deleted_at, reason)) => deleted.push(Tombstone {
-                            id: *recording,
-                            deleted_at: from_secs(deleted_at)?,
-                            reason,
-                        }),
+                    match tombstone_in(tx, recording)? {
+                        Some(tomb) => deleted.push(tomb),
                         None => return Ok(HoldPlacement::UnknownRecording(*recording)),
                     }
                 }

@@ -2,7 +2,7 @@
 //! metadata and HMAC digests for lookups: no number, call id or account in clear. Deleting a
 //! row (crypto-shredding) leaves a tombstone with id, time and reason only.
 
-use rusqlite::{OptionalExtension, Row, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 
 use crate::audit::AuditReceipt;
 use crate::audit::chain::AuditDraft;
@@ -332,6 +332,29 @@ pub(crate) fn shred_in(
     Ok(true)
 }
 
+/// The tombstone of recording `id`, if it was deleted.
+pub(crate) fn tombstone_in(
+    conn: &Connection,
+    id: &BlobId,
+) -> Result<Option<Tombstone>, CatalogError> {
+    let tomb: Option<(i64, String)> = conn
+        .query_row(
+            "SELECT deleted_at, reason FROM tombstones WHERE id = ?1",
+            [id.to_string()],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .optional()
+        .map_err(sql("tombstone get"))?;
+    match tomb {
+        Some((deleted_at, reason)) => Ok(Some(Tombstone {
+            id: *id,
+            deleted_at: from_secs(deleted_at)?,
+            reason,
+        })),
+        None => Ok(None),
+    }
+}
+
 impl Catalog {
     /// Commits a new recording and its audit entry, unless its call id exists already or an
     /// objection now covers it.
@@ -416,22 +439,10 @@ impl Catalog {
             if let Some(raw) = raw {
                 return Ok(Lookup::Found(Box::new(raw.into_row()?)));
             }
-            let tomb: Option<(i64, String)> = conn
-                .query_row(
-                    "SELECT deleted_at, reason FROM tombstones WHERE id = ?1",
-                    [id.to_string()],
-                    |row| Ok((row.get(0)?, row.get(1)?)),
-                )
-                .optional()
-                .map_err(sql("tombstone get"))?;
-            match tomb {
-                Some((deleted_at, reason)) => Ok(Lookup::Deleted(Tombstone {
-                    id: *id,
-                    deleted_at: from_secs(deleted_at)?,
-                    reason,
-                })),
-                None => Ok(Lookup::NotFound),
-            }
+            Ok(match tombstone_in(conn, id)? {
+                Some(tomb) => Lookup::Deleted(tomb),
+                None => Lookup::NotFound,
+            })
         })
     }
 
