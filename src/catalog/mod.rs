@@ -276,16 +276,10 @@ impl Catalog {
         draft: AuditDraft,
         at: jiff::Timestamp,
     ) -> Result<Option<AuditReceipt>, CatalogError> {
-        let key = id.to_string();
-        let seq = self.write_grouped(move |tx| {
-            let present: bool = tx
-                .prepare_cached("SELECT EXISTS (SELECT 1 FROM recordings WHERE id = ?1)")
-                .and_then(|mut stmt| stmt.query_row([&key], |row| row.get(0)))
-                .map_err(sql("recording presence"))?;
-            match present {
-                true => audit_log::append(tx, draft, at).map(Some),
-                false => Ok(None),
-            }
+        let id = *id;
+        let seq = self.write_grouped(move |tx| match recordings::exists_in(tx, &id)? {
+            true => audit_log::append(tx, draft, at).map(Some),
+            false => Ok(None),
         })?;
         Ok(seq.map(AuditReceipt::committed))
     }

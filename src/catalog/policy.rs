@@ -7,7 +7,7 @@
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use crate::audit::chain::AuditDraft;
-use crate::catalog::recordings::{Tombstone, shred_in, tombstone_in};
+use crate::catalog::recordings::{Tombstone, exists_in, shred_in, tombstone_in};
 use crate::catalog::{Catalog, CatalogError, audit_log, digest, from_secs, secs, sql};
 use crate::vault::BlobId;
 
@@ -464,12 +464,8 @@ impl Catalog {
             let mut deleted = Vec::new();
             if let HoldSelector::Ids(ids) = selector {
                 for recording in ids {
-                    let key = recording.to_string();
-                    let exists: bool = tx
-                        .query_row("SELECT EXISTS (SELECT 1 FROM recordings WHERE id = ?1)", [&key], |row| row.get(0))
-                        .map_err(sql("hold lookup"))?;
-                    if exists {
-                        live.push(key);
+                    if exists_in(tx, recording)? {
+                        live.push(recording.to_string());
                         continue;
                     }
                     match tombstone_in(tx, recording)? {

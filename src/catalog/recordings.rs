@@ -332,6 +332,13 @@ pub(crate) fn shred_in(
     Ok(true)
 }
 
+/// Whether recording `id` has its row (it is stored, not deleted).
+pub(crate) fn exists_in(conn: &Connection, id: &BlobId) -> Result<bool, CatalogError> {
+    conn.prepare_cached("SELECT EXISTS (SELECT 1 FROM recordings WHERE id = ?1)")
+        .and_then(|mut stmt| stmt.query_row([id.to_string()], |row| row.get(0)))
+        .map_err(sql("recording presence"))
+}
+
 /// The tombstone of recording `id`, if it was deleted.
 pub(crate) fn tombstone_in(
     conn: &Connection,
